@@ -1,0 +1,66 @@
+"""Throughput benchmark: python -m merjax.bench --config=configs/ps.py [--steps=50]
+
+Prints the model's parameter count, train steps/s and samples/s at the config's global batch and
+input shapes (one fixed batch, so only the compiled step is timed), and the input pipeline's
+samples/s on its own. Shapes and device are printed with the numbers so other stacks can be
+compared on the same work. This is a benchmark, not a test: nothing asserts a speed.
+"""
+import importlib
+import json
+import time
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+from merjax import sharding, train
+from merjax.data import pipeline
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Track config file.", lock_config=True)
+_STEPS = flags.DEFINE_integer("steps", 50, "Timed train steps (after one warm-up step).")
+_PIPELINE_BATCHES = flags.DEFINE_integer("pipeline_batches", 50, "Timed input-pipeline batches.")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+    del argv
+    config = _CONFIG.value
+    task = importlib.import_module(f"merjax.tasks.{config.task}")
+    mesh = sharding.make_mesh(config.mesh)
+    data = task.prepare(config, workdir=None)
+    model_state = train.ModelState(config, mesh, task, data, task.input_stats(data, config))
+    state = model_state.init()
+    step = model_state.train_step()
+
+    it = pipeline.train_iterator(data.train, task.transform,
+                                 global_batch_size=config.batch_size, seed=config.seed)
+    start = time.perf_counter()
+    for _ in range(_PIPELINE_BATCHES.value):
+        local = next(it)
+    pipeline_s = time.perf_counter() - start
+
+    batch = sharding.to_global(local, mesh, config)
+    start = time.perf_counter()
+    compiled = step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - start
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    start = time.perf_counter()
+    for _ in range(_STEPS.value):
+        state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    step_s = (time.perf_counter() - start) / _STEPS.value
+
+    report = dict(
+        task=config.task, device=jax.devices()[0].device_kind, devices=jax.device_count(),
+        mesh=dict(mesh.shape), params=model_state.num_params, global_batch=config.batch_size,
+        input_shapes={k: list(v.shape[1:]) for k, v in local.items()},
+        compile_s=round(compile_s, 2), train_steps_per_s=round(1 / step_s, 2),
+        train_samples_per_s=round(config.batch_size / step_s, 1),
+        pipeline_samples_per_s=round(_PIPELINE_BATCHES.value * config.batch_size / pipeline_s, 1),
+        release=data.release)
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    app.run(main)

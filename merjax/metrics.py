@@ -1,0 +1,91 @@
+"""Track metrics in numpy (the official scorers' rules) and the metric writer.
+
+The writer is the only place that writes `metrics.jsonl` and TensorBoard events, and only on
+process 0, so every process can call it.
+"""
+import json
+import os
+
+import jax
+import numpy as np
+
+PS_MIN, PS_MAX = 1, 255
+
+
+def ps_to_submission(values):
+    """Raw-scale predictions -> the integers in [1, 255] the MER-PS scorer requires.
+
+    Rounds half to even (np.rint, like Python's round), then clips.
+    """
+    values = np.asarray(values, np.float64)
+    if not np.all(np.isfinite(values)):
+        raise ValueError("MER-PS predictions contain NaN or Inf; the scorer needs finite integers")
+    return np.clip(np.rint(values), PS_MIN, PS_MAX).astype(np.int64)
+
+
+def mae(pred, target):
+    return float(np.mean(np.abs(np.asarray(pred, np.float64) - np.asarray(target, np.float64))))
+
+
+def pearson(x, y):
+    """Pearson r; 0 where either side is constant (r is undefined there)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    xc, yc = x - x.mean(), y - y.mean()
+    denom = np.sqrt(np.sum(xc * xc) * np.sum(yc * yc))
+    return float(np.sum(xc * yc) / denom) if denom > 0 else 0.0
+
+
+def ccc(x, y):
+    """Lin's concordance correlation coefficient (population moments)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    covariance = np.mean((x - x.mean()) * (y - y.mean()))
+    denom = x.var() + y.var() + (x.mean() - y.mean()) ** 2
+    return float(2 * covariance / denom) if denom > 0 else 0.0
+
+
+def ps_metrics(pred_raw, target_raw, prefix=""):
+    """MER-PS scores of [N, 2] (valence, arousal) predictions on the raw scale.
+
+    MAE follows the official scorer: predictions rounded to integers in [1, 255] first. CCC and
+    Pearson are computed on the same integers.
+    """
+    pred = ps_to_submission(pred_raw)
+    target = np.asarray(target_raw, np.float64)
+    out = {f"{prefix}mae": mae(pred, target)}
+    for i, dim in enumerate(("valence", "arousal")):
+        out[f"{prefix}mae_{dim}"] = mae(pred[:, i], target[:, i])
+        out[f"{prefix}ccc_{dim}"] = ccc(pred[:, i], target[:, i])
+        out[f"{prefix}pearson_{dim}"] = pearson(pred[:, i], target[:, i])
+    return out
+
+
+class MetricWriter:
+    """Appends `{"step": s, name: value, ...}` lines to metrics.jsonl and TensorBoard scalars."""
+
+    def __init__(self, workdir):
+        self.enabled = jax.process_index() == 0
+        self._file = self._tb = None
+        if self.enabled:
+            os.makedirs(workdir, exist_ok=True)
+            self._file = open(os.path.join(workdir, "metrics.jsonl"), "a")
+            # tensorboardX writes event files without TensorFlow.
+            from tensorboardX import SummaryWriter
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step, scalars, **tags):
+        """`tags` (e.g. fold=2) go into the JSON line but not into TensorBoard."""
+        if not self.enabled:
+            return
+        record = {"step": int(step), **tags}
+        record.update({k: float(v) for k, v in scalars.items()})
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        suffix = "".join(f"/{k}_{v}" for k, v in tags.items())
+        for name, value in scalars.items():
+            self._tb.add_scalar(name + suffix, float(value), int(step))
+        self._tb.flush()
+
+    def close(self):
+        if self.enabled:
+            self._file.close()
+            self._tb.close()

@@ -1,0 +1,102 @@
+"""EEG + fNIRS encoder for MER-PS: two signal branches, a fusion transformer, a V/A head.
+
+Tokens, in order: [CLS, prior, EEG x (context_s * eeg_patches_per_s), fNIRS x (context_s * bins)].
+- EEG branch: each channel's patch is scaled by train-set statistics, Hann-windowed and turned
+  into a log power spectrum (band power is what carries emotion in EEG; an FFT gives the model
+  all bands at once), then all channels' spectra of a patch are projected to one token.
+- fNIRS branch: per time bin, the (type x channel) haemoglobin values are standardised with
+  train-set statistics, bad channels zeroed (the mask comes with every example), and projected.
+- The per-(video, second) mean label of the training subjects enters as its own token and the
+  head predicts a residual on top of it, so an untrained model already predicts the prior.
+Outputs are on the [0, 1] scale: (label - 1) / 254.
+"""
+import jax.numpy as jnp
+import numpy as np
+from einops import rearrange
+from flax import nnx
+
+from merjax.models import layers
+
+LABEL_MIN, LABEL_MAX = 1.0, 255.0
+
+
+class InputStats(nnx.Variable):
+    """Normalisation statistics from the train split: saved with the model, never trained."""
+
+
+def to_unit(raw):
+    return (raw - LABEL_MIN) / (LABEL_MAX - LABEL_MIN)
+
+
+def from_unit(unit):
+    return unit * (LABEL_MAX - LABEL_MIN) + LABEL_MIN
+
+
+class PhysioEncoder(nnx.Module):
+
+    def __init__(self, *, eeg_channels, eeg_window, context_s, fnirs_steps, fnirs_types,
+                 fnirs_channels, width, depth, heads, mlp_dim, dropout, eeg_patches_per_s,
+                 stats, use_prior=True, rngs):
+        if eeg_window % (context_s * eeg_patches_per_s):
+            raise ValueError(f"EEG window {eeg_window} does not split into "
+                             f"{context_s} s x {eeg_patches_per_s} patches per second")
+        self.context_s = context_s
+        self.eeg_patches = context_s * eeg_patches_per_s
+        self.fnirs_steps = fnirs_steps
+        self.use_prior = use_prior
+        patch = eeg_window // self.eeg_patches
+        freqs = patch // 2 + 1
+        self.hann = InputStats(jnp.asarray(np.hanning(patch), jnp.float32))
+        self.eeg_scale = InputStats(jnp.asarray(stats["eeg_scale"], jnp.float32))
+        self.fnirs_mean = InputStats(jnp.asarray(stats["fnirs_mean"], jnp.float32))
+        self.fnirs_std = InputStats(jnp.asarray(stats["fnirs_std"], jnp.float32))
+
+        self.eeg_proj = layers.dense(eeg_channels * freqs, width, ("features", "embed"), rngs=rngs)
+        self.fnirs_proj = layers.dense(fnirs_types * fnirs_channels, width, ("features", "embed"),
+                                       rngs=rngs)
+        self.prior_proj = layers.dense(2, width, ("outputs", "embed"), rngs=rngs)
+        self.cls = layers.Embedding(1, width, rngs=rngs)
+        num_tokens = 2 + self.eeg_patches + fnirs_steps
+        self.position = layers.Embedding(num_tokens, width, rngs=rngs)
+        self.token_type = layers.Embedding(4, width, rngs=rngs)  # cls, prior, eeg, fnirs
+        self.eeg_norm = layers.layer_norm(width, rngs=rngs)
+        self.fnirs_norm = layers.layer_norm(width, rngs=rngs)
+        self.encoder = layers.Encoder(width, depth, heads, mlp_dim, dropout, rngs=rngs)
+        # Zero-initialised so training starts from the prior, not from noise around it.
+        self.head = layers.dense(width, 2, ("embed", "outputs"), rngs=rngs,
+                                 kernel_init=nnx.initializers.zeros_init())
+
+    def _eeg_tokens(self, eeg):
+        x = eeg / self.eeg_scale[...][None, :, None]
+        x = rearrange(x, "b c (n p) -> b n c p", n=self.eeg_patches)
+        power = jnp.abs(jnp.fft.rfft(x * self.hann[...], axis=-1)) ** 2
+        feats = rearrange(jnp.log(power + 1e-3), "b n c f -> b n (c f)")
+        return self.eeg_norm(self.eeg_proj(feats))
+
+    def _fnirs_tokens(self, fnirs, fnirs_mask):
+        x = (fnirs - self.fnirs_mean[...]) / self.fnirs_std[...]
+        x = x * fnirs_mask[:, None, None, :]  # bad channels contribute nothing
+        return self.fnirs_norm(self.fnirs_proj(rearrange(x, "b t k c -> b t (k c)")))
+
+    def __call__(self, batch, *, train=False, rngs=None):
+        """Returns [B, 2] valence/arousal on the unit scale."""
+        batch_size = batch["eeg"].shape[0]
+        prior = to_unit(batch["prior"]) if self.use_prior else jnp.full((batch_size, 2), 0.5)
+        eeg = self._eeg_tokens(batch["eeg"])
+        fnirs = self._fnirs_tokens(batch["fnirs"], batch["fnirs_mask"])
+        cls = jnp.broadcast_to(self.cls(jnp.zeros((1,), jnp.int32)), (batch_size, 1, eeg.shape[-1]))
+        prior_token = self.prior_proj(prior)[:, None]
+        tokens = jnp.concatenate([cls, prior_token, eeg, fnirs], axis=1)
+        types = np.concatenate([[0, 1], np.full(self.eeg_patches, 2),
+                                np.full(self.fnirs_steps, 3)])
+        tokens = tokens + self.position(jnp.arange(tokens.shape[1])) + self.token_type(types)
+
+        # A token is valid when its second lies inside the recording (context_mask).
+        seconds = batch["context_mask"]
+        eeg_valid = jnp.repeat(seconds, self.eeg_patches // self.context_s, axis=1)
+        fnirs_valid = jnp.repeat(seconds, self.fnirs_steps // self.context_s, axis=1)
+        always = jnp.ones((batch_size, 2), bool)
+        mask = jnp.concatenate([always, eeg_valid, fnirs_valid], axis=1)
+
+        out = self.encoder(tokens, mask, train=train, rngs=rngs)
+        return prior + self.head(out[:, 0])

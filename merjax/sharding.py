@@ -1,0 +1,113 @@
+"""The mesh, the logical-axis rules and every NamedSharding the loop needs, in one place.
+
+Weights carry logical axis names (`embed`, `mlp`, `heads`, ...) given in models/layers.py;
+`config.sharding.rules` maps those names to the mesh axes `(data, fsdp, model)`. Batches shard
+their leading dim over the `batch` rule. Nothing else in the code names a mesh axis.
+"""
+import contextlib
+import math
+
+import jax
+import numpy as np
+from absl import logging
+from flax import nnx
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "model")
+
+
+def mesh_shape(mesh_config, num_devices):
+    """Resolves the config's axis sizes; one -1 takes the remaining devices."""
+    sizes = [int(mesh_config[name]) for name in MESH_AXES]
+    mesh_config = {name: mesh_config[name] for name in MESH_AXES}
+    if sizes.count(-1) > 1:
+        raise ValueError(f"At most one mesh axis may be -1; config.mesh is {dict(mesh_config)}")
+    if any(s == 0 or s < -1 for s in sizes):
+        raise ValueError(f"Mesh axis sizes must be positive or -1; config.mesh is {dict(mesh_config)}")
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if num_devices % known:
+            raise ValueError(
+                f"config.mesh {dict(mesh_config)} needs a multiple of {known} devices; "
+                f"found {num_devices}")
+        sizes[sizes.index(-1)] = num_devices // known
+    if math.prod(sizes) != num_devices:
+        raise ValueError(
+            f"config.mesh {dict(mesh_config)} covers {math.prod(sizes)} devices; "
+            f"found {num_devices} (use -1 on one axis to take the rest)")
+    return tuple(sizes)
+
+
+def make_mesh(mesh_config, devices=None):
+    """A (data, fsdp, model) mesh over all devices, or the first `mesh_config.devices` of them."""
+    if devices is None:
+        devices = jax.devices()
+        wanted = int(mesh_config.get("devices", -1))
+        if wanted > 0:
+            if jax.process_count() > 1 or wanted > len(devices):
+                raise ValueError(f"config.mesh.devices={wanted} needs a single process with at "
+                                 f"least that many devices; found {len(devices)} devices in "
+                                 f"{jax.process_count()} processes")
+            devices = devices[:wanted]
+    shape = mesh_shape(mesh_config, len(devices))
+    # jax 0.10's make_mesh defaults to Explicit axes, which ordinary model code (gathers,
+    # reshapes) cannot compile under without out_sharding annotations; Auto lets GSPMD propagate.
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
+                         devices=devices)
+
+
+def rules(config):
+    return tuple((name, tuple(axes) if isinstance(axes, (list, tuple)) else axes)
+                 for name, axes in config.sharding.rules)
+
+
+@contextlib.contextmanager
+def context(mesh, config):
+    """Mesh + logical rules: models built inside are born sharded."""
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules(config)):
+        yield
+
+
+def batch_axes(config):
+    return dict(rules(config))["batch"]
+
+
+def batch_sharding(mesh, config):
+    """Leading (example) dim over the `batch` rule, everything else replicated."""
+    return NamedSharding(mesh, P(batch_axes(config)))
+
+
+def batch_shards(mesh, config):
+    """How many ways a global batch is split; batch sizes must divide by it."""
+    axes = batch_axes(config)
+    axes = axes if isinstance(axes, tuple) else (axes,)
+    return math.prod(mesh.shape[a] for a in axes if a is not None)
+
+
+def replicated(mesh):
+    return NamedSharding(mesh, P())
+
+
+def state_shardings(abstract_state, mesh, config):
+    with context(mesh, config):
+        return nnx.get_named_sharding(abstract_state, mesh)
+
+
+def to_global(local_batch, mesh, config):
+    """Host-local numpy batch -> one global jax.Array per field, sharded along the batch."""
+    sharding = batch_sharding(mesh, config)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
+
+
+def log_parameters(state, shardings):
+    """One line per parameter: path, shape and the resolved PartitionSpec; then the total."""
+    flat_state = nnx.to_flat_state(state)
+    flat_sh = dict(nnx.to_flat_state(shardings))
+    total = 0
+    for path, var in flat_state:
+        value = var.get_value() if hasattr(var, "get_value") else var
+        total += int(np.prod(value.shape))
+        spec = getattr(flat_sh.get(path), "spec", None)
+        logging.info("param %-60s %-18s %s", "/".join(map(str, path)), tuple(value.shape), spec)
+    logging.info("total parameters: %s", f"{total:,}")
+    return total

@@ -1,0 +1,237 @@
+"""The one train / evaluate / predict loop for every track. Read it top to bottom.
+
+Sections: task and mesh -> data -> abstract state and shardings -> init or restore -> jitted steps
+-> evaluation -> train loop -> predictions. A track changes nothing here: its module in
+merjax/tasks/ supplies data, model, loss, metrics and submission.
+"""
+import importlib
+import os
+import time
+
+import jax
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from merjax import checkpoint, metrics, optim, sharding
+from merjax.data import pipeline
+
+MODES = ("train", "evaluate", "predict")
+
+
+def run(config, workdir, mode="train"):
+    """Runs `mode` for `config` in `workdir`; returns the last evaluation's metrics."""
+    if mode not in MODES:
+        raise ValueError(f"--mode must be one of {MODES}; found {mode!r}")
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+
+    # ------------------------------------------------------------------ task and mesh
+    task = importlib.import_module(f"merjax.tasks.{config.task}")
+    mesh = sharding.make_mesh(config.mesh)
+    shards = sharding.batch_shards(mesh, config)
+    for key in ("batch_size", "eval_batch_size"):
+        if config[key] % (shards * jax.process_count()):
+            raise ValueError(f"config.{key}={config[key]} must divide by the {shards} batch shards "
+                             f"of mesh {dict(mesh.shape)} and by {jax.process_count()} processes")
+    logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape),
+                 jax.device_count(), jax.process_count())
+
+    # ------------------------------------------------------------------ data
+    data = task.prepare(config, workdir)
+    logging.info("data: %d train / %d validation examples (%s release)",
+                 len(data.train), len(data.validation), data.release)
+
+    # ------------------------------------------------------------------ abstract state
+    ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
+    latest = ckpt.latest_step()
+    if mode != "train" and latest is None:
+        raise FileNotFoundError(f"--mode={mode} needs a checkpoint; none in {ckpt.directory}")
+    # Statistics come from the data only for a fresh model; a restore brings its own.
+    stats = task.input_stats(data, config) if latest is None else None
+    model_state = ModelState(config, mesh, task, data, stats)
+
+    # ------------------------------------------------------------------ init or restore
+    train_iter = None
+    if mode == "train":
+        train_iter = pipeline.train_iterator(
+            data.train, task.transform, global_batch_size=config.batch_size, seed=config.seed)
+    if latest is None:
+        state, step = model_state.init(), 0
+    else:
+        state, meta = ckpt.restore(latest, model_state.restore_target(), train_iter)
+        if meta.get("release") != data.release:
+            raise ValueError(f"Checkpoint {latest} in {ckpt.directory} was trained on the "
+                             f"{meta.get('release')} release; this run uses the {data.release} "
+                             f"release. Use another --workdir.")
+        step = int(meta["step"])
+        logging.info("restored step %d from %s", step, ckpt.directory)
+
+    # ------------------------------------------------------------------ jitted steps
+    train_step = model_state.train_step()
+    eval_step = model_state.eval_step()
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(state, source):
+        """Every example once; returns (ids, outputs, kept fields) in split order."""
+        local_ids, parts = {}, []
+        for local, batch_ids in pipeline.eval_batches(
+                source, task.transform, global_batch_size=config.eval_batch_size):
+            local_ids.update(zip(local["index"][:len(batch_ids)].tolist(), batch_ids))
+            batch = sharding.to_global(local, mesh, config)
+            out = eval_step(state, batch)
+            keep = {k: batch[k] for k in ("mask", "index") + task.EVAL_FIELDS}
+            parts.append(multihost_utils.process_allgather(dict(out=out, **keep), tiled=True))
+        gathered = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        valid = gathered.pop("mask").astype(bool)
+        rows = {k: v[valid] for k, v in gathered.items()}
+        order = np.argsort(rows["index"], kind="stable")
+        rows = {k: v[order] for k, v in rows.items()}
+        if len(rows["index"]) != len(source) or np.any(rows["index"] != np.arange(len(source))):
+            raise RuntimeError(f"Evaluation saw {len(rows['index'])} of {len(source)} examples")
+        ids = [local_ids[i] if i in local_ids else _sample_id(source[i]) for i in rows["index"]]
+        return ids, rows.pop("out"), rows
+
+    writer = metrics.MetricWriter(workdir)
+
+    def run_eval(state, step):
+        ids, outputs, kept = evaluate(state, data.validation)
+        scores = task.eval_metrics(outputs, kept)
+        writer.write(step, scores)
+        logging.info("eval @ step %d: %s", step,
+                     ", ".join(f"{k}={v:.4g}" for k, v in sorted(scores.items())))
+        return ids, outputs, scores
+
+    def write_predictions(ids, outputs):
+        if jax.process_index() == 0:
+            path = task.write_submission(os.path.join(workdir, task.SUBMISSION_FILE), ids, outputs)
+            logging.info("wrote %d predictions to %s", len(ids), path)
+
+    if mode != "train":
+        ids, outputs, scores = run_eval(state, step)
+        if mode == "predict":
+            write_predictions(ids, outputs)
+        writer.close()
+        ckpt.close()
+        return scores
+
+    # ------------------------------------------------------------------ train loop
+    logging.info("training %d parameters from step %d to %d", model_state.num_params, step,
+                 config.total_steps)
+    pending = []  # (step, device scalars) not yet fetched
+    window_start, window_step, scores = time.time(), step, {}
+
+    def flush():
+        """Fetches pending scalars, stops on a non-finite loss, logs the window's means."""
+        nonlocal window_start, window_step
+        if not pending:
+            return
+        fetched = jax.device_get(pending)
+        for s, m in fetched:
+            if not np.isfinite(m["loss"]):
+                ckpt.close()
+                raise FloatingPointError(
+                    f"Non-finite loss {m['loss']} at step {s}; stopping. The last good checkpoint "
+                    f"is step {ckpt.latest_step()} in {ckpt.directory}; rerunning resumes from it "
+                    f"(lower config.optim.lr or check the data).")
+        means = {f"train/{k}": float(np.mean([m[k] for _, m in fetched])) for k in fetched[0][1]}
+        last = fetched[-1][0]
+        elapsed = time.time() - window_start
+        rate = (last - window_step) / max(elapsed, 1e-9)
+        writer.write(last, {**means, "train/steps_per_s": rate})
+        eta = (config.total_steps - last) / max(rate, 1e-9)
+        logging.info("step %d/%d  loss %.5f  %.2f steps/s  ETA %dm%02ds", last,
+                     config.total_steps, means["train/loss"], rate, eta // 60, eta % 60)
+        pending.clear()
+        window_start, window_step = time.time(), last
+
+    compiled = None
+    while step < config.total_steps:
+        batch = sharding.to_global(next(train_iter), mesh, config)
+        if compiled is None:
+            compiled = train_step.lower(state, batch).compile()
+            logging.info("compiled train step; memory analysis: %s", compiled.memory_analysis())
+            window_start = time.time()  # steps/s should not include compilation
+        state, step_metrics = compiled(state, batch)
+        step += 1
+        pending.append((step, step_metrics))
+        if step % config.log_every == 0 or step == config.total_steps:
+            flush()
+        if step % config.eval_every == 0 or step == config.total_steps:
+            _, _, scores = run_eval(state, step)
+        if step % config.checkpoint_every == 0 or step == config.total_steps:
+            flush()  # never checkpoint a state whose loss went non-finite
+            ckpt.save(step, state, train_iter, dict(step=step, release=data.release))
+
+    if not scores:  # already at total_steps when started: evaluate what was restored
+        _, _, scores = run_eval(state, step)
+    ids, outputs, _ = evaluate(state, data.validation)
+    write_predictions(ids, outputs)
+    writer.close()
+    ckpt.close()
+    return scores
+
+
+def _sample_id(example):
+    value = example["sample_id"]
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class ModelState:
+    """The model + optimizer as one sharded nnx.State: abstract shapes, init, restore target, and
+    the jitted train and eval steps over it. The benchmark builds the same object."""
+
+    def __init__(self, config, mesh, task, data, stats):
+        self.config, self.mesh, self.task = config, mesh, task
+        self.tx, self.lr_schedule = optim.make(config.optim, config.total_steps)
+
+        def build():
+            model = task.build_model(config, data, stats, nnx.Rngs(params=config.seed))
+            return model, nnx.Optimizer(model, self.tx, wrt=nnx.Param)
+
+        self._build = build
+        with sharding.context(mesh, config):
+            abstract = nnx.eval_shape(build)
+            self.graphdef, self.abstract = nnx.split(abstract)
+            self.shardings = nnx.get_named_sharding(self.abstract, mesh)
+        self.num_params = sharding.log_parameters(
+            nnx.state(abstract[0], nnx.Param), self.shardings[0])
+
+    def init(self):
+        """Parameters are created already sharded (jit with out_shardings), never on one host."""
+        with sharding.context(self.mesh, self.config):
+            return jax.jit(lambda: nnx.split(self._build())[1], out_shardings=self.shardings)()
+
+    def restore_target(self):
+        return checkpoint.abstract_like(self.abstract, self.shardings)
+
+    def train_step(self):
+        config, task, graphdef, lr_schedule = self.config, self.task, self.graphdef, self.lr_schedule
+        base_key = jax.random.key(config.seed)
+
+        def step(state, batch):
+            model, opt = nnx.merge(graphdef, state)
+            opt_step = opt.step[...]
+            # Randomness is a function of (seed, step) only, so a resumed run repeats it exactly.
+            key = jax.random.fold_in(base_key, opt_step)
+            # The Rngs are made inside the differentiated function: NNX forbids mutating RNG
+            # counters created outside the grad trace.
+            (loss, aux), grads = nnx.value_and_grad(
+                lambda m: task.loss(m, batch, config, nnx.Rngs(dropout=key)), has_aux=True)(model)
+            opt.update(model, grads)
+            scalars = dict(loss=loss, grad_norm=optax.tree.norm(grads), lr=lr_schedule(opt_step))
+            return nnx.state((model, opt)), {**scalars, **aux}
+
+        return jax.jit(step, out_shardings=(self.shardings, sharding.replicated(self.mesh)),
+                       donate_argnums=0)
+
+    def eval_step(self):
+        graphdef, task = self.graphdef, self.task
+
+        def step(state, batch):
+            model, _ = nnx.merge(graphdef, state)
+            return task.predict(model, batch)
+
+        return jax.jit(step)

@@ -1,0 +1,121 @@
+"""Mesh resolution and sharded-vs-single-device equality of the PS model's train step."""
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from configs import ps as ps_config
+from merjax import sharding
+from merjax.models import physio
+
+
+def _mesh_config(**kw):
+    return ml_collections.ConfigDict(dict(dict(data=-1, fsdp=1, model=1, devices=-1), **kw))
+
+
+def test_mesh_shape_fills_minus_one_and_rejects_bad_sizes():
+    assert sharding.mesh_shape(_mesh_config(), 8) == (8, 1, 1)
+    assert sharding.mesh_shape(_mesh_config(fsdp=2, model=2), 8) == (2, 2, 2)
+    assert sharding.mesh_shape(_mesh_config(data=2, fsdp=-1, model=2), 8) == (2, 2, 2)
+    with pytest.raises(ValueError, match="covers 4 devices; found 8"):
+        sharding.mesh_shape(_mesh_config(data=2, fsdp=2, model=1), 8)
+    with pytest.raises(ValueError, match="At most one mesh axis"):
+        sharding.mesh_shape(_mesh_config(data=-1, fsdp=-1), 8)
+    with pytest.raises(ValueError, match="multiple of 3"):
+        sharding.mesh_shape(_mesh_config(model=3), 8)
+
+
+def _stats():
+    return dict(eeg_scale=np.full(64, 2.0, np.float32),
+                fnirs_mean=np.zeros((3, 51), np.float32), fnirs_std=np.ones((3, 51), np.float32))
+
+
+def _batch(n=16):
+    rng = np.random.default_rng(0)
+    mask = np.ones((n, 51), bool)
+    mask[:, 40:43] = False
+    ctx = np.ones((n, 2), bool)
+    ctx[:4, 0] = False
+    return dict(eeg=rng.normal(size=(n, 64, 256)).astype(np.float32),
+                fnirs=rng.normal(size=(n, 8, 3, 51)).astype(np.float32),
+                fnirs_mask=mask, context_mask=ctx,
+                prior=rng.uniform(60, 200, (n, 2)).astype(np.float32),
+                label=rng.uniform(1, 255, (n, 2)).astype(np.float32))
+
+
+def _losses(mesh_kw, steps=3):
+    """Runs `steps` AdamW steps on one fixed batch under the given mesh; returns the losses."""
+    config = ps_config.get_config("runlocal")
+    config.mesh.update(mesh_kw)
+    mesh = sharding.make_mesh(config.mesh)
+
+    def build():
+        model = physio.PhysioEncoder(
+            eeg_channels=64, eeg_window=256, context_s=2, fnirs_steps=8, fnirs_types=3,
+            fnirs_channels=51, width=32, depth=2, heads=2, mlp_dim=64, dropout=0.1,
+            eeg_patches_per_s=2, stats=_stats(), rngs=nnx.Rngs(params=0))
+        return model, nnx.Optimizer(model, optax.adamw(1e-2), wrt=nnx.Param)
+
+    with sharding.context(mesh, config):
+        graphdef, abstract = nnx.split(nnx.eval_shape(build))
+        shardings = nnx.get_named_sharding(abstract, mesh)
+        state = jax.jit(lambda: nnx.split(build())[1], out_shardings=shardings)()
+
+    def step(state, batch):
+        model, opt = nnx.merge(graphdef, state)
+        key = jax.random.fold_in(jax.random.key(0), opt.step[...])
+
+        def loss_fn(m):
+            pred = m(batch, train=True, rngs=nnx.Rngs(dropout=key))
+            return jnp.mean(jnp.abs(pred - physio.to_unit(batch["label"])))
+
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        opt.update(model, grads)
+        return nnx.state((model, opt)), loss
+
+    step = jax.jit(step, out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
+    batch = sharding.to_global(_batch(), mesh, config)
+    losses = []
+    for _ in range(steps):
+        state, loss = step(state, batch)
+        losses.append(float(loss))
+    kernel = state[0]["eeg_proj"]["kernel"][...]
+    return losses, kernel
+
+
+def test_sharded_mesh_matches_one_device():
+    assert jax.device_count() == 8, "tests/conftest.py should give 8 CPU devices"
+    sharded, kernel = _losses(dict(data=2, fsdp=2, model=2))
+    # The embed dim of the projection kernel really is split over fsdp.
+    assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp")
+    assert len({str(s.index) for s in kernel.addressable_shards}) == 2
+    single, _ = _losses(dict(data=1, fsdp=1, model=1, devices=1))
+    assert sharded[0] != sharded[-1]  # it trains
+    np.testing.assert_allclose(sharded, single, atol=1e-4)
+
+
+def test_model_masks_padding_and_bad_channels():
+    """Padded context seconds and bad fNIRS channels cannot change the output."""
+    with nnx.use_eager_sharding(False):
+        model = physio.PhysioEncoder(
+            eeg_channels=64, eeg_window=256, context_s=2, fnirs_steps=8, fnirs_types=3,
+            fnirs_channels=51, width=32, depth=1, heads=2, mlp_dim=64, dropout=0.0,
+            eeg_patches_per_s=2, stats=_stats(), rngs=nnx.Rngs(params=0))
+        # A random (non-zero, non-constant) head, so the output depends on the tokens at all.
+        model.head.kernel[...] = jnp.asarray(
+            np.random.default_rng(1).normal(size=model.head.kernel[...].shape), jnp.float32)
+        batch = _batch(4)
+        base = np.asarray(model(batch))
+        changed = dict(batch)
+        changed["fnirs"] = batch["fnirs"].copy()
+        changed["fnirs"][:, :, :, 40:43] += 100.0   # bad channels
+        changed["eeg"] = batch["eeg"].copy()
+        changed["eeg"][:4, :, :128] += 50.0         # first second is padding for rows 0-3
+        changed["fnirs"][:4, :4] += 100.0
+        np.testing.assert_allclose(np.asarray(model(changed)), base, atol=1e-5)
+        changed["fnirs"][:, :, :, 0] += 1.0          # a good channel does change it
+        assert not np.allclose(np.asarray(model(changed)), base, atol=1e-5)
+        assert base.shape == (4, 2)

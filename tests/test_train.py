@@ -1,0 +1,155 @@
+"""The train loop end to end on a tiny demo release (configs/ps.py:runlocal).
+
+Covers: a full run writing checkpoints, metrics and the submission; kill-and-resume equality;
+sharded (2x2x2 mesh) vs one-device equality; --mode=evaluate/predict; the non-finite-loss stop.
+"""
+import csv
+import json
+import re
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import ps as ps_config
+from merjax import checkpoint, train
+from merjax.tasks import ps as ps_task
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+def _config(tfds_dir, **overrides):
+    c = ps_config.get_config("runlocal")
+    c.data.tfds_dir = tfds_dir
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = c
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c
+
+
+def _metrics(workdir):
+    return [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _final_eval(workdir):
+    return [m for m in _metrics(workdir) if "val/mae" in m][-1]
+
+
+def _predictions(workdir):
+    with open(workdir / "predictions.csv") as f:
+        return list(csv.reader(f))
+
+
+@pytest.fixture(scope="module")
+def full_run(tfds_dir, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("full")
+    config = _config(tfds_dir)
+    return workdir, train.run(config, str(workdir)), config
+
+
+def test_run_writes_checkpoints_metrics_tensorboard_and_submission(full_run):
+    workdir, scores, config = full_run
+    assert checkpoint.Checkpointer(str(workdir)).all_steps() == [10, 20]
+    train_lines = [m for m in _metrics(workdir) if "train/loss" in m]
+    assert [m["step"] for m in train_lines] == [5, 10, 15, 20]
+    assert all(np.isfinite(m["train/loss"]) and m["train/lr"] > 0 for m in train_lines)
+    final = _final_eval(workdir)
+    assert final["step"] == 20 and final["val/mae"] == pytest.approx(scores["val/mae"])
+    for key in ("val/mae_valence", "val/mae_arousal", "val/ccc_valence", "val/pearson_arousal",
+                "val/prior_mae"):
+        assert key in final
+    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+
+    rows = _predictions(workdir)
+    assert rows[0] == ["sample_id", "valence", "arousal"]
+    ids = [r[0] for r in rows[1:]]
+    # runlocal validates on subject test_3: every label second exactly once, official ids.
+    assert all(re.fullmatch(r"test_3_V(0[1-9]|1[0-5])_T\d{3}", i) for i in ids)
+    validation = ps_task.prepare(config, None).validation
+    expected = sorted(validation[i]["sample_id"].decode() for i in range(len(validation)))
+    assert ids == expected
+    values = np.array([[int(r[1]), int(r[2])] for r in rows[1:]])
+    assert values.min() >= 1 and values.max() <= 255
+
+
+def test_killed_run_resumes_to_the_same_numbers(full_run, tfds_dir, tmp_path, monkeypatch):
+    workdir, _, config = full_run
+    original_save = checkpoint.Checkpointer.save
+
+    def save_then_die(self, step, *args):
+        original_save(self, step, *args)
+        self.wait()
+        raise KeyboardInterrupt(f"simulated kill after checkpoint {step}")
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(config, str(tmp_path))
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", original_save)
+    assert checkpoint.Checkpointer(str(tmp_path)).latest_step() == 10
+
+    train.run(config, str(tmp_path))  # the same command again
+    resumed, uninterrupted = _final_eval(tmp_path), _final_eval(workdir)
+    assert resumed == uninterrupted
+    assert _predictions(tmp_path) == _predictions(workdir)
+
+
+def test_sharded_mesh_trains_like_one_device(full_run, tfds_dir, tmp_path):
+    workdir, _, _ = full_run  # default mesh: data=8
+    single = tmp_path / "single"
+    train.run(_config(tfds_dir, **{"mesh.devices": 1}), str(single))
+    sharded = tmp_path / "sharded"
+    train.run(_config(tfds_dir, **{"mesh.data": 2, "mesh.fsdp": 2, "mesh.model": 2}), str(sharded))
+    losses = {name: [m["train/loss"] for m in _metrics(d) if "train/loss" in m]
+              for name, d in (("single", single), ("sharded", sharded), ("data8", workdir))}
+    np.testing.assert_allclose(losses["sharded"], losses["single"], atol=1e-4)
+    np.testing.assert_allclose(losses["data8"], losses["single"], atol=1e-4)
+    assert losses["single"][0] > losses["single"][-1]
+
+
+def test_evaluate_and_predict_modes_use_the_latest_checkpoint(full_run):
+    workdir, scores, config = full_run
+    (workdir / "predictions.csv").unlink()
+    evaluated = train.run(config, str(workdir), mode="evaluate")
+    assert evaluated == pytest.approx(scores)
+    assert not (workdir / "predictions.csv").exists()
+    train.run(config, str(workdir), mode="predict")
+    assert len(_predictions(workdir)) > 1
+
+
+def test_evaluate_without_a_checkpoint_is_an_error(tfds_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="needs a checkpoint"):
+        train.run(_config(tfds_dir), str(tmp_path), mode="evaluate")
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tfds_dir, tmp_path,
+                                                                   monkeypatch):
+    config = _config(tfds_dir, total_steps=10)
+    train.run(config, str(tmp_path))
+    good = checkpoint.Checkpointer(str(tmp_path)).latest_step()
+    assert good == 10
+
+    real_loss = ps_task.loss
+    monkeypatch.setattr(ps_task, "loss", lambda *a: (real_loss(*a)[0] * jnp.nan, real_loss(*a)[1]))
+    with pytest.raises(FloatingPointError, match=r"Non-finite loss nan at step 11.*step 10"):
+        train.run(_config(tfds_dir, total_steps=20), str(tmp_path))
+    assert checkpoint.Checkpointer(str(tmp_path)).all_steps() == [10]
+
+
+def test_demo_checkpoint_never_resumes_on_another_release(full_run, monkeypatch):
+    workdir, _, config = full_run
+    real_prepare = ps_task.prepare
+
+    def pretend_real(config, workdir):
+        data = real_prepare(config, workdir)
+        data.release = "real"
+        return data
+
+    monkeypatch.setattr(ps_task, "prepare", pretend_real)
+    with pytest.raises(ValueError, match="trained on the demo release; this run uses the real"):
+        train.run(config, str(workdir), mode="evaluate")
