@@ -28,11 +28,12 @@ def main(argv):
     task = importlib.import_module(f"merjax.tasks.{config.task}")
     mesh = sharding.make_mesh(config.mesh)
     data = task.prepare(config, workdir=None)
-    model_state = train.ModelState(config, mesh, task, data, task.input_stats(data, config))
+    fold = task.folds(config, data)[0]
+    model_state = train.ModelState(config, mesh, task, data, task.input_stats(fold.train, config))
     state = model_state.init()
     step = model_state.train_step()
 
-    it = pipeline.train_iterator(data.train, task.transform,
+    it = pipeline.train_iterator(fold.train, task.transform,
                                  global_batch_size=config.batch_size, seed=config.seed)
     start = time.perf_counter()
     for _ in range(_PIPELINE_BATCHES.value):

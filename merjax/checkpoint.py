@@ -14,8 +14,8 @@ import orbax.checkpoint as ocp
 
 class Checkpointer:
 
-    def __init__(self, workdir, *, keep=2, async_save=True):
-        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    def __init__(self, workdir, *, keep=2, async_save=True, subdir="checkpoints"):
+        self.directory = os.path.abspath(os.path.join(workdir, subdir))
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -40,6 +40,11 @@ class Checkpointer:
             args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         restored = self._manager.restore(step, args=ocp.args.Composite(**args))
         return restored["state"], restored["meta"]
+
+    def meta(self, step):
+        """The JSON saved with `step`, without touching the arrays."""
+        restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return restored["meta"]
 
     def wait(self):
         self._manager.wait_until_finished()

@@ -1,9 +1,12 @@
 """The one train / evaluate / predict loop for every track. Read it top to bottom.
 
-Sections: task and mesh -> data -> abstract state and shardings -> init or restore -> jitted steps
--> evaluation -> train loop -> predictions. A track changes nothing here: its module in
-merjax/tasks/ supplies data, model, loss, metrics and submission.
+`run` sets up the task, mesh and data, then runs each of the task's folds (one fold without
+cross-validation) through `run_fold`: abstract state and shardings -> init or restore -> jitted
+steps -> train loop with logging, evaluation, model selection and checkpoints -> predictions.
+Finally the task turns the folds' predictions into its submission. A track changes nothing here:
+its module in merjax/tasks/ supplies data, folds, model, loss, metrics and submission.
 """
+import dataclasses
 import importlib
 import os
 import time
@@ -21,14 +24,22 @@ from merjax.data import pipeline
 MODES = ("train", "evaluate", "predict")
 
 
+@dataclasses.dataclass
+class FoldResult:
+    name: str | None
+    step: int
+    scores: dict  # validation scores of the selected (best or last) state
+    ids: list | None = None  # predicted examples' ids, in split order
+    outputs: np.ndarray | None = None  # the task's raw outputs for them
+
+
 def run(config, workdir, mode="train"):
-    """Runs `mode` for `config` in `workdir`; returns the last evaluation's metrics."""
+    """Runs `mode` for `config` in `workdir`; returns the task's summary scores."""
     if mode not in MODES:
         raise ValueError(f"--mode must be one of {MODES}; found {mode!r}")
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
 
-    # ------------------------------------------------------------------ task and mesh
     task = importlib.import_module(f"merjax.tasks.{config.task}")
     mesh = sharding.make_mesh(config.mesh)
     shards = sharding.batch_shards(mesh, config)
@@ -39,37 +50,53 @@ def run(config, workdir, mode="train"):
     logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape),
                  jax.device_count(), jax.process_count())
 
-    # ------------------------------------------------------------------ data
     data = task.prepare(config, workdir)
-    logging.info("data: %d train / %d validation examples (%s release)",
-                 len(data.train), len(data.validation), data.release)
+    writer = metrics.MetricWriter(workdir)
+    try:
+        results = [run_fold(config, workdir, mode, task, mesh, data, fold, writer)
+                   for fold in task.folds(config, data)]
+        summary = task.summarize(results)
+        if mode == "train" or mode == "predict":
+            task.write_outputs(workdir, results, config)
+        if len(results) > 1:
+            writer.write(max(r.step for r in results), summary)
+        return summary
+    finally:
+        writer.close()
+
+
+def run_fold(config, workdir, mode, task, mesh, data, fold, writer):
+    """Trains (or evaluates / predicts with) one fold; returns its FoldResult."""
+    fold_dir = workdir if fold.name is None else os.path.join(workdir, fold.name)
+    tags = {} if fold.name is None else {"fold": fold.index}
+    logging.info("%s: %d train / %d validation examples (%s release)", fold.name or "data",
+                 len(fold.train), len(fold.validation), data.release)
 
     # ------------------------------------------------------------------ abstract state
-    ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
+    ckpt = checkpoint.Checkpointer(fold_dir, keep=config.keep_checkpoints)
+    # The state with the best validation score, when the task selects one (task.SELECT).
+    best = checkpoint.Checkpointer(fold_dir, keep=1, subdir="best") if task.SELECT else None
     latest = ckpt.latest_step()
     if mode != "train" and latest is None:
         raise FileNotFoundError(f"--mode={mode} needs a checkpoint; none in {ckpt.directory}")
     # Statistics come from the data only for a fresh model; a restore brings its own.
-    stats = task.input_stats(data, config) if latest is None else None
+    stats = task.input_stats(fold.train, config) if latest is None else None
     model_state = ModelState(config, mesh, task, data, stats)
 
     # ------------------------------------------------------------------ init or restore
     train_iter = None
     if mode == "train":
         train_iter = pipeline.train_iterator(
-            data.train, task.transform, global_batch_size=config.batch_size, seed=config.seed)
+            fold.train, task.transform, global_batch_size=config.batch_size,
+            seed=config.seed + 7919 * (fold.index or 0))
     if latest is None:
         state, step = model_state.init(), 0
     else:
         state, meta = ckpt.restore(latest, model_state.restore_target(), train_iter)
-        if meta.get("release") != data.release:
-            raise ValueError(f"Checkpoint {latest} in {ckpt.directory} was trained on the "
-                             f"{meta.get('release')} release; this run uses the {data.release} "
-                             f"release. Use another --workdir.")
+        _check_release(meta, data, ckpt)
         step = int(meta["step"])
         logging.info("restored step %d from %s", step, ckpt.directory)
 
-    # ------------------------------------------------------------------ jitted steps
     train_step = model_state.train_step()
     eval_step = model_state.eval_step()
 
@@ -78,7 +105,8 @@ def run(config, workdir, mode="train"):
         """Every example once; returns (ids, outputs, kept fields) in split order."""
         local_ids, parts = {}, []
         for local, batch_ids in pipeline.eval_batches(
-                source, task.transform, global_batch_size=config.eval_batch_size):
+                source, task.transform, global_batch_size=config.eval_batch_size,
+                id_field=task.ID_FIELD):
             local_ids.update(zip(local["index"][:len(batch_ids)].tolist(), batch_ids))
             batch = sharding.to_global(local, mesh, config)
             out = eval_step(state, batch)
@@ -91,37 +119,55 @@ def run(config, workdir, mode="train"):
         rows = {k: v[order] for k, v in rows.items()}
         if len(rows["index"]) != len(source) or np.any(rows["index"] != np.arange(len(source))):
             raise RuntimeError(f"Evaluation saw {len(rows['index'])} of {len(source)} examples")
-        ids = [local_ids[i] if i in local_ids else _sample_id(source[i]) for i in rows["index"]]
+        ids = [local_ids[i] if i in local_ids else pipeline.decode_id(source[i], task.ID_FIELD)
+               for i in rows["index"]]
         return ids, rows.pop("out"), rows
 
-    writer = metrics.MetricWriter(workdir)
-
     def run_eval(state, step):
-        ids, outputs, kept = evaluate(state, data.validation)
+        ids, outputs, kept = evaluate(state, fold.validation)
         scores = task.eval_metrics(outputs, kept)
-        writer.write(step, scores)
-        logging.info("eval @ step %d: %s", step,
+        writer.write(step, scores, **tags)
+        logging.info("eval%s @ step %d: %s", f" {fold.name}" if fold.name else "", step,
                      ", ".join(f"{k}={v:.4g}" for k, v in sorted(scores.items())))
-        return ids, outputs, scores
+        return scores, (ids, outputs)
 
-    def write_predictions(ids, outputs):
-        if jax.process_index() == 0:
-            path = task.write_submission(os.path.join(workdir, task.SUBMISSION_FILE), ids, outputs)
-            logging.info("wrote %d predictions to %s", len(ids), path)
+    def predict(state, step, scores, cached=None):
+        """The fold's result: the predict split's outputs from `state` (None: evaluate only)."""
+        if fold.predict is None:
+            return FoldResult(fold.name, step, scores)
+        ids, outputs = cached if cached and fold.predict is fold.validation else \
+            evaluate(state, fold.predict)[:2]
+        return FoldResult(fold.name, step, scores, ids, outputs)
+
+    def selected(state, step, scores, cached):
+        """The best state if the task selects one, else the given (last) state."""
+        if best is None or best.latest_step() is None or best.latest_step() == step:
+            return state, step, scores, cached
+        best_step = best.latest_step()
+        best_state, meta = best.restore(best_step, model_state.restore_target())
+        logging.info("%s: predicting with the best state, step %d (%s=%.4g)", fold.name or "run",
+                     best_step, task.SELECT[0], meta["scores"][task.SELECT[0]])
+        return best_state, best_step, meta["scores"], None
 
     if mode != "train":
-        ids, outputs, scores = run_eval(state, step)
         if mode == "predict":
-            write_predictions(ids, outputs)
-        writer.close()
+            state, step, _, _ = selected(state, step, {}, None)
+        scores, cached = run_eval(state, step)
+        result = predict(state, step, scores, cached) if mode == "predict" else \
+            FoldResult(fold.name, step, scores)
         ckpt.close()
-        return scores
+        if best is not None:
+            best.close()
+        return result
 
     # ------------------------------------------------------------------ train loop
     logging.info("training %d parameters from step %d to %d", model_state.num_params, step,
                  config.total_steps)
     pending = []  # (step, device scalars) not yet fetched
-    window_start, window_step, scores = time.time(), step, {}
+    window_start, window_step, scores, cached = time.time(), step, {}, None
+    best_value = None
+    if best is not None and best.latest_step() is not None:
+        best_value = best.meta(best.latest_step())["scores"][task.SELECT[0]]
 
     def flush():
         """Fetches pending scalars, stops on a non-finite loss, logs the window's means."""
@@ -138,12 +184,12 @@ def run(config, workdir, mode="train"):
                     f"(lower config.optim.lr or check the data).")
         means = {f"train/{k}": float(np.mean([m[k] for _, m in fetched])) for k in fetched[0][1]}
         last = fetched[-1][0]
-        elapsed = time.time() - window_start
-        rate = (last - window_step) / max(elapsed, 1e-9)
-        writer.write(last, {**means, "train/steps_per_s": rate})
+        rate = (last - window_step) / max(time.time() - window_start, 1e-9)
+        writer.write(last, {**means, "train/steps_per_s": rate}, **tags)
         eta = (config.total_steps - last) / max(rate, 1e-9)
-        logging.info("step %d/%d  loss %.5f  %.2f steps/s  ETA %dm%02ds", last,
-                     config.total_steps, means["train/loss"], rate, eta // 60, eta % 60)
+        logging.info("%sstep %d/%d  loss %.5f  %.2f steps/s  ETA %dm%02ds",
+                     f"{fold.name} " if fold.name else "", last, config.total_steps,
+                     means["train/loss"], rate, eta // 60, eta % 60)
         pending.clear()
         window_start, window_step = time.time(), last
 
@@ -160,23 +206,35 @@ def run(config, workdir, mode="train"):
         if step % config.log_every == 0 or step == config.total_steps:
             flush()
         if step % config.eval_every == 0 or step == config.total_steps:
-            _, _, scores = run_eval(state, step)
+            flush()  # never select or keep a state whose loss went non-finite
+            scores, cached = run_eval(state, step)
+            if best is not None and _improves(scores[task.SELECT[0]], best_value, task.SELECT[1]):
+                best_value = scores[task.SELECT[0]]
+                best.save(step, state, None, dict(step=step, release=data.release, scores=scores))
         if step % config.checkpoint_every == 0 or step == config.total_steps:
             flush()  # never checkpoint a state whose loss went non-finite
             ckpt.save(step, state, train_iter, dict(step=step, release=data.release))
 
     if not scores:  # already at total_steps when started: evaluate what was restored
-        _, _, scores = run_eval(state, step)
-    ids, outputs, _ = evaluate(state, data.validation)
-    write_predictions(ids, outputs)
-    writer.close()
+        scores, cached = run_eval(state, step)
+    result = predict(*selected(state, step, scores, cached))
     ckpt.close()
-    return scores
+    if best is not None:
+        best.close()
+    return result
 
 
-def _sample_id(example):
-    value = example["sample_id"]
-    return value.decode() if isinstance(value, bytes) else str(value)
+def _improves(value, best_value, direction):
+    if best_value is None:
+        return True
+    return value > best_value if direction == "max" else value < best_value
+
+
+def _check_release(meta, data, ckpt):
+    if meta.get("release") != data.release:
+        raise ValueError(f"Checkpoint in {ckpt.directory} was trained on the "
+                         f"{meta.get('release')} release; this run uses the {data.release} "
+                         f"release. Use another --workdir.")
 
 
 class ModelState:

@@ -28,6 +28,19 @@ def local_batch_size(global_batch_size, process_count=None):
     return global_batch_size // process_count
 
 
+class Subset:
+    """Examples `indices` of a random-access source, as a source (e.g. a cross-validation fold)."""
+
+    def __init__(self, source, indices):
+        self.source, self.indices = source, np.asarray(indices, np.int64)
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        return self.source[int(self.indices[i])]
+
+
 def train_iterator(source, transform, *, global_batch_size, seed):
     """An endless, checkpointable iterator of this process's training batches."""
     if len(source) == 0:
@@ -48,7 +61,7 @@ def num_eval_batches(num_examples, global_batch_size, process_count=None):
     return max(1, math.ceil(largest_share / per_process))
 
 
-def eval_batches(source, transform, *, global_batch_size):
+def eval_batches(source, transform, *, global_batch_size, id_field="sample_id"):
     """Yields (batch, ids): padded numpy batches with `mask` and `index`, and their sample ids.
 
     `index` is the example's position in the split, so gathered results can be put back in order.
@@ -62,7 +75,7 @@ def eval_batches(source, transform, *, global_batch_size):
         rows, ids = [], []
         for i in range(lo, hi):
             example = ds[i]
-            ids.append(_decode_id(example.get("sample_id", str(indices[i]))))
+            ids.append(decode_id(example, id_field))
             row = transform(example)
             row["index"] = np.int32(indices[i])
             rows.append(row)
@@ -77,5 +90,6 @@ def eval_batches(source, transform, *, global_batch_size):
         yield batch, ids
 
 
-def _decode_id(value):
+def decode_id(example, id_field):
+    value = example[id_field]
     return value.decode() if isinstance(value, bytes) else str(value)

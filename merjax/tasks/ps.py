@@ -1,12 +1,14 @@
 """MER-PS (track 4): what is track-specific, and nothing else.
 
-The loop asks this module for: the prepared data, input statistics, the model, the loss, the
-predictions, the evaluation metrics and the submission file.
+The loop asks this module for: the prepared data and its folds (one: train / validation
+subjects), input statistics, the model, the loss, the predictions, the evaluation metrics and the
+submission file (predictions for the validation subjects).
 """
 import csv
 import dataclasses
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
@@ -19,9 +21,20 @@ from tfds_builders.mer_ps import demo as ps_demo
 from tfds_builders.mer_ps import mer_ps_dataset_builder as ps_builder
 
 TRACK = "mer_ps"
+ID_FIELD = "sample_id"
+SELECT = None  # predict with the last state (the official kit has no model selection)
 MODEL_FIELDS = ("eeg", "fnirs", "fnirs_mask", "context_mask", "prior")
 EVAL_FIELDS = ("label", "prior")  # kept from each eval batch for the metrics
 SUBMISSION_FILE = "predictions.csv"
+
+
+@dataclasses.dataclass
+class Fold:
+    name: str | None  # None: no cross-validation, outputs go straight into the workdir
+    index: int | None
+    train: object
+    validation: object
+    predict: object  # the split the submission is written for
 
 
 @dataclasses.dataclass
@@ -67,23 +80,28 @@ def prepare(config, workdir):
                     info=builder.info, release=release)
 
 
+def folds(config, data):
+    del config
+    return [Fold(None, None, data.train, data.validation, data.validation)]
+
+
 def transform(example):
     return transforms.select(example, MODEL_FIELDS + ("label",), dict(
         eeg=np.float32, fnirs=np.float32, fnirs_mask=bool, context_mask=bool,
         prior=np.float32, label=np.float32))
 
 
-def input_stats(data, config):
+def input_stats(train, config):
     """Per-channel EEG RMS and per (type, channel) fNIRS mean/std over train examples.
 
     Padding (seconds before the recording) and bad fNIRS channels are left out of the estimates.
     """
-    n = len(data.train)
+    n = len(train)
     take = np.unique(np.linspace(0, n - 1, min(n, int(config.data.stats_examples))).astype(int))
     eeg_sq = eeg_count = 0.0
     f_sum = f_sq = f_count = 0.0
     for i in take:
-        ex = data.train[int(i)]
+        ex = train[int(i)]
         eeg, ctx = np.asarray(ex["eeg"], np.float64), np.asarray(ex["context_mask"], bool)
         valid_t = np.repeat(ctx, eeg.shape[1] // len(ctx))
         eeg_sq = eeg_sq + (eeg[:, valid_t] ** 2).sum(axis=1)
@@ -153,6 +171,18 @@ def eval_metrics(outputs, kept, prefix="val/"):
     out = metrics.ps_metrics(outputs, kept["label"], prefix=prefix)
     out[f"{prefix}prior_mae"] = metrics.ps_metrics(kept["prior"], kept["label"])["mae"]
     return out
+
+
+def summarize(results):
+    return results[0].scores
+
+
+def write_outputs(workdir, results, config):
+    del config
+    if jax.process_index() == 0:
+        (result,) = results
+        path = write_submission(os.path.join(workdir, SUBMISSION_FILE), result.ids, result.outputs)
+        logging.info("wrote %d predictions to %s", len(result.ids), path)
 
 
 def write_submission(path, ids, outputs):

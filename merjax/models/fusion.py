@@ -1,0 +1,162 @@
+"""Multimodal fusion transformer (MER-Cross and the other video tracks).
+
+Each modality enters through a stem that turns it into tokens of the model width:
+- `dense`: pre-extracted features [T, D] (MERTools utterance features are T = 1);
+- `mel`: log-mel frames [T, M], `group` frames per token;
+- `faces`: uint8 RGB face crops [K, S, S, 3], one token per face (a patch embedding, pooled);
+- `bytes`: UTF-8 subtitle bytes [L] (models/text.py).
+Tokens get a modality embedding and a per-modality position embedding, then fuse either
+- `joint`: one transformer over [CLS, all tokens]; or
+- `bottleneck`: per-modality transformer streams that exchange information only through a few
+  shared bottleneck tokens, averaged across modalities after every layer (Nagrani et al. 2021,
+  "Attention Bottlenecks for Multimodal Fusion").
+Modality dropout removes whole modalities per training example (never all of them), so the model
+copes with a missing stream. Padding never takes part: every stem returns a token mask.
+"""
+import jax
+import jax.numpy as jnp
+from einops import rearrange
+from flax import nnx
+
+from merjax.models import layers, text
+
+
+class DenseStem(nnx.Module):
+    def __init__(self, in_dim, width, *, rngs):
+        self.proj = layers.dense(in_dim, width, ("features", "embed"), rngs=rngs)
+        self.norm = layers.layer_norm(width, rngs=rngs)
+
+    def __call__(self, x, mask):
+        return self.norm(self.proj(x)), mask
+
+
+class MelStem(nnx.Module):
+    def __init__(self, n_mels, width, *, group=4, rngs):
+        self.group = group
+        self.proj = layers.dense(group * n_mels, width, ("features", "embed"), rngs=rngs)
+        self.norm = layers.layer_norm(width, rngs=rngs)
+
+    def __call__(self, x, mask):
+        x = rearrange(x, "b (n g) m -> b n (g m)", g=self.group)
+        mask = rearrange(mask, "b (n g) -> b n g", g=self.group).any(-1)
+        return self.norm(self.proj(x)), mask
+
+
+class FaceStem(nnx.Module):
+    """Per face: non-overlapping patches -> shared projection -> GELU -> mean -> projection."""
+
+    def __init__(self, face_size, width, *, patch=8, rngs):
+        if face_size % patch:
+            raise ValueError(f"face size {face_size} must divide by the patch size {patch}")
+        self.patch = patch
+        self.patches = layers.dense(patch * patch * 3, width, ("features", "embed"), rngs=rngs)
+        self.out = layers.dense(width, width, ("features", "embed"), rngs=rngs)
+        self.norm = layers.layer_norm(width, rngs=rngs)
+
+    def __call__(self, faces, mask):
+        x = faces.astype(jnp.float32) / 255.0 - 0.5
+        x = rearrange(x, "b k (h p) (w q) c -> b k (h w) (p q c)", p=self.patch, q=self.patch)
+        x = jax.nn.gelu(self.patches(x)).mean(axis=2)
+        return self.norm(self.out(x)), mask
+
+
+def make_stem(kind, in_dim, width, *, rngs):
+    if kind == "dense":
+        return DenseStem(in_dim, width, rngs=rngs)
+    if kind == "mel":
+        return MelStem(in_dim, width, rngs=rngs)
+    if kind == "faces":
+        return FaceStem(in_dim, width, rngs=rngs)
+    if kind == "bytes":
+        return text.ByteStem(width, rngs=rngs)
+    raise ValueError(f"Unknown modality stem {kind!r}; expected dense, mel, faces or bytes")
+
+
+def tokens_per_input(kind, length):
+    """How many tokens a stem makes from `length` input steps (positions to embed)."""
+    return length // 4 if kind in ("mel", "bytes") else length
+
+
+class FusionTransformer(nnx.Module):
+    """`modalities`: ordered {name: (stem kind, input dim, input length)}; logits [B, classes]."""
+
+    def __init__(self, *, modalities, width, depth, heads, mlp_dim, dropout, num_classes,
+                 fusion="joint", bottlenecks=4, modality_dropout=0.0, rngs):
+        if fusion not in ("joint", "bottleneck"):
+            raise ValueError(f"fusion must be 'joint' or 'bottleneck'; found {fusion!r}")
+        self.names = tuple(modalities)
+        self.fusion = fusion
+        self.modality_dropout = modality_dropout
+        self.stems = nnx.Dict({m: make_stem(kind, dim, width, rngs=rngs)
+                               for m, (kind, dim, _) in modalities.items()})
+        self.positions = nnx.Dict({
+            m: layers.Embedding(tokens_per_input(kind, length), width, rngs=rngs)
+            for m, (kind, _, length) in modalities.items()})
+        self.modality = layers.Embedding(len(self.names), width, rngs=rngs)
+        if fusion == "joint":
+            self.cls = layers.Embedding(1, width, rngs=rngs)
+            self.encoder = layers.Encoder(width, depth, heads, mlp_dim, dropout, rngs=rngs)
+        else:
+            self.cls = layers.Embedding(len(self.names), width, rngs=rngs)
+            self.bottleneck = layers.Embedding(bottlenecks, width, rngs=rngs)
+            self.streams = nnx.List([
+                nnx.List([layers.TransformerBlock(width, heads, mlp_dim, dropout, rngs=rngs)
+                          for _ in self.names]) for _ in range(depth)])
+            self.final_norm = layers.layer_norm(width, rngs=rngs)
+        self.head = layers.dense(width, num_classes, ("embed", "outputs"), rngs=rngs)
+
+    def _modality_tokens(self, batch, train, rngs):
+        """[(tokens [B, T_m, W], mask [B, T_m])] per modality, with modality dropout applied."""
+        out = []
+        for i, m in enumerate(self.names):
+            x, mask = self.stems[m](batch[m], batch[f"{m}_mask"])
+            pos = self.positions[m](jnp.arange(x.shape[1]))
+            x = x + pos + self.modality(jnp.full((1,), i))
+            out.append((x, mask))
+        if train and self.modality_dropout > 0:
+            batch_size = out[0][0].shape[0]
+            n = len(self.names)
+            keep = jax.random.uniform(rngs.dropout(), (batch_size, n)) >= self.modality_dropout
+            # One modality per example, chosen at random, is never dropped.
+            spared = jax.random.randint(rngs.dropout(), (batch_size,), 0, n)
+            keep = keep | jax.nn.one_hot(spared, n, dtype=bool)
+            out = [(x, mask & keep[:, i:i + 1]) for i, (x, mask) in enumerate(out)]
+        return out
+
+    def __call__(self, batch, *, train=False, rngs=None):
+        streams = self._modality_tokens(batch, train, rngs)
+        batch_size, width = streams[0][0].shape[0], streams[0][0].shape[-1]
+        if self.fusion == "joint":
+            cls = jnp.broadcast_to(self.cls(jnp.zeros((1,), jnp.int32)), (batch_size, 1, width))
+            tokens = jnp.concatenate([cls] + [x for x, _ in streams], axis=1)
+            mask = jnp.concatenate([jnp.ones((batch_size, 1), bool)] + [m for _, m in streams],
+                                   axis=1)
+            pooled = self.encoder(tokens, mask, train=train, rngs=rngs)[:, 0]
+        else:
+            pooled = self._bottleneck_fusion(streams, train, rngs)
+        return self.head(pooled)
+
+    def _bottleneck_fusion(self, streams, train, rngs):
+        batch_size, width = streams[0][0].shape[0], streams[0][0].shape[-1]
+        n_b = self.bottleneck.table.shape[0]
+        z = jnp.broadcast_to(self.bottleneck(jnp.arange(n_b)), (batch_size, n_b, width))
+        # A modality with no valid token this example (missing, or dropped) does not vote on z.
+        present = jnp.stack([m.any(axis=1) for _, m in streams], axis=1).astype(jnp.float32)
+        xs = [jnp.concatenate([jnp.broadcast_to(self.cls(jnp.full((1,), i)), (batch_size, 1, width)),
+                               x], axis=1) for i, (x, _) in enumerate(streams)]
+        masks = [jnp.concatenate([jnp.ones((batch_size, 1 + n_b), bool), m], axis=1)
+                 for _, m in streams]
+        for layer in self.streams:
+            new_z = []
+            for i, block in enumerate(layer):
+                # Stream layout: [CLS, bottlenecks, tokens]; the bottlenecks are re-inserted
+                # each layer so every stream sees the shared, updated z.
+                seq = jnp.concatenate([xs[i][:, :1], z, xs[i][:, 1:]], axis=1)
+                seq = block(seq, masks[i], train=train, rngs=rngs)
+                xs[i] = jnp.concatenate([seq[:, :1], seq[:, 1 + n_b:]], axis=1)
+                new_z.append(seq[:, 1:1 + n_b])
+            weights = present / jnp.maximum(present.sum(axis=1, keepdims=True), 1.0)
+            z = jnp.einsum("bm,mbnw->bnw", weights, jnp.stack(new_z))
+        cls = jnp.stack([x[:, 0] for x in xs], axis=1)  # [B, M, W]
+        weights = present / jnp.maximum(present.sum(axis=1, keepdims=True), 1.0)
+        return self.final_norm(jnp.einsum("bm,bmw->bw", weights, cls))
