@@ -23,7 +23,8 @@ def get_config(arg=None):
         manual_dir="",
         # Where prepared TFDS datasets go; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets.
         tfds_dir="",
-        # Where the demo release is generated; "" = <tfds_dir>/merjax_demo/mer_ps.
+        # Demo releases (and their prepared datasets) go under <demo_dir>/mer_ps-<hash of
+        # data.demo>/; "" = <tfds_dir>/merjax_demo.
         demo_dir="",
         num_shards=4,
         eeg_rate_hz=128,

@@ -21,10 +21,9 @@ def main(argv):
     config = _CONFIG.value
     task = importlib.import_module(f"merjax.tasks.{config.task}")
     data = task.prepare(config, workdir=None)
-    logging.info("built %s (%s release): %d train / %d validation examples",
-                 data.info.full_name, data.release, len(data.train), len(data.validation))
-    print(f"{data.info.full_name}: {data.release} release, train={len(data.train)} "
-          f"validation={len(data.validation)} -> {data.info.data_dir}")
+    sizes = ", ".join(f"{name}={len(source)}" for name, source in data.splits.items())
+    logging.info("built %s (%s release): %s", data.info.full_name, data.release, sizes)
+    print(f"{data.info.full_name}: {data.release} release, {sizes} -> {data.info.data_dir}")
 
 
 if __name__ == "__main__":

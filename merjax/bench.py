@@ -33,7 +33,7 @@ def main(argv):
     state = model_state.init()
     step = model_state.train_step()
 
-    it = pipeline.train_iterator(fold.train, task.transform,
+    it = pipeline.train_iterator(fold.train, task.make_transform(config, data),
                                  global_batch_size=config.batch_size, seed=config.seed)
     start = time.perf_counter()
     for _ in range(_PIPELINE_BATCHES.value):

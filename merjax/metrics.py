@@ -89,3 +89,26 @@ class MetricWriter:
         if self.enabled:
             self._file.close()
             self._tb.close()
+
+
+def weighted_f1(y_true, y_pred):
+    """sklearn's f1_score(average='weighted'): per-class F1 weighted by true support.
+
+    The MER-Cross and MER-Prefer scorers use this WAF. Classes that only appear in predictions
+    carry zero weight; a class with no true and no predicted example is absent.
+    """
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if len(y_true) == 0:
+        return 0.0
+    total = 0.0
+    for c in np.unique(y_true):
+        tp = np.sum((y_true == c) & (y_pred == c))
+        precision_denom, recall_denom = np.sum(y_pred == c), np.sum(y_true == c)
+        f1 = 0.0 if tp == 0 else 2 * tp / (precision_denom + recall_denom)
+        total += recall_denom * f1
+    return float(total / len(y_true))
+
+
+def accuracy(y_true, y_pred):
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    return float(np.mean(y_true == y_pred)) if len(y_true) else 0.0

@@ -31,6 +31,7 @@ class FoldResult:
     scores: dict  # validation scores of the selected (best or last) state
     ids: list | None = None  # predicted examples' ids, in split order
     outputs: np.ndarray | None = None  # the task's raw outputs for them
+    kept: dict | None = None  # the task's EVAL_FIELDS for them
 
 
 def run(config, workdir, mode="train"):
@@ -59,7 +60,7 @@ def run(config, workdir, mode="train"):
         if mode == "train" or mode == "predict":
             task.write_outputs(workdir, results, config)
         if len(results) > 1:
-            writer.write(max(r.step for r in results), summary)
+            writer.write(config.total_steps, summary)
         return summary
     finally:
         writer.close()
@@ -84,10 +85,11 @@ def run_fold(config, workdir, mode, task, mesh, data, fold, writer):
     model_state = ModelState(config, mesh, task, data, stats)
 
     # ------------------------------------------------------------------ init or restore
+    transform = task.make_transform(config, data)
     train_iter = None
     if mode == "train":
         train_iter = pipeline.train_iterator(
-            fold.train, task.transform, global_batch_size=config.batch_size,
+            fold.train, transform, global_batch_size=config.batch_size,
             seed=config.seed + 7919 * (fold.index or 0))
     if latest is None:
         state, step = model_state.init(), 0
@@ -105,7 +107,7 @@ def run_fold(config, workdir, mode, task, mesh, data, fold, writer):
         """Every example once; returns (ids, outputs, kept fields) in split order."""
         local_ids, parts = {}, []
         for local, batch_ids in pipeline.eval_batches(
-                source, task.transform, global_batch_size=config.eval_batch_size,
+                source, transform, global_batch_size=config.eval_batch_size,
                 id_field=task.ID_FIELD):
             local_ids.update(zip(local["index"][:len(batch_ids)].tolist(), batch_ids))
             batch = sharding.to_global(local, mesh, config)
@@ -129,15 +131,15 @@ def run_fold(config, workdir, mode, task, mesh, data, fold, writer):
         writer.write(step, scores, **tags)
         logging.info("eval%s @ step %d: %s", f" {fold.name}" if fold.name else "", step,
                      ", ".join(f"{k}={v:.4g}" for k, v in sorted(scores.items())))
-        return scores, (ids, outputs)
+        return scores, (ids, outputs, kept)
 
     def predict(state, step, scores, cached=None):
         """The fold's result: the predict split's outputs from `state` (None: evaluate only)."""
         if fold.predict is None:
             return FoldResult(fold.name, step, scores)
-        ids, outputs = cached if cached and fold.predict is fold.validation else \
-            evaluate(state, fold.predict)[:2]
-        return FoldResult(fold.name, step, scores, ids, outputs)
+        ids, outputs, kept = cached if cached and fold.predict is fold.validation else \
+            evaluate(state, fold.predict)
+        return FoldResult(fold.name, step, scores, ids, outputs, kept)
 
     def selected(state, step, scores, cached):
         """The best state if the task selects one, else the given (last) state."""

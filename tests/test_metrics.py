@@ -46,3 +46,15 @@ def test_writer_appends_jsonl_and_tensorboard(tmp_path):
     assert lines == [{"step": 5, "train/loss": 0.5}, {"step": 10, "fold": 2, "val/waf": 0.25}]
     events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
+
+
+def test_weighted_f1_matches_sklearn_by_hand():
+    y = [0, 0, 0, 1, 1, 2]
+    p = [0, 0, 1, 1, 2, 2]
+    # F1: class 0 = 2*2/(2+3) = 0.8, class 1 = 2*1/(2+2) = 0.5, class 2 = 2*1/(2+1) = 2/3.
+    expected = (3 * 0.8 + 2 * 0.5 + 1 * 2 / 3) / 6
+    assert metrics.weighted_f1(y, p) == pytest.approx(expected)
+    assert metrics.accuracy(y, p) == pytest.approx(4 / 6)
+    # A class only predicted (3) weighs nothing; a class never predicted scores 0.
+    assert metrics.weighted_f1([0, 1], [0, 3]) == pytest.approx(0.5)
+    assert metrics.weighted_f1([0, 0], [0, 0]) == 1.0

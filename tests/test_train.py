@@ -71,7 +71,7 @@ def test_run_writes_checkpoints_metrics_tensorboard_and_submission(full_run):
     ids = [r[0] for r in rows[1:]]
     # runlocal validates on subject test_3: every label second exactly once, official ids.
     assert all(re.fullmatch(r"test_3_V(0[1-9]|1[0-5])_T\d{3}", i) for i in ids)
-    validation = ps_task.prepare(config, None).validation
+    validation = ps_task.prepare(config, None).splits["validation"]
     expected = sorted(validation[i]["sample_id"].decode() for i in range(len(validation)))
     assert ids == expected
     values = np.array([[int(r[1]), int(r[2])] for r in rows[1:]])

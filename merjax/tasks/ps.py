@@ -5,7 +5,6 @@ subjects), input statistics, the model, the loss, the predictions, the evaluatio
 submission file (predictions for the validation subjects).
 """
 import csv
-import dataclasses
 import os
 
 import jax
@@ -14,9 +13,9 @@ import numpy as np
 from absl import logging
 
 from merjax import metrics
-from merjax.data import releases, transforms
+from merjax.data import transforms
 from merjax.models import physio
-from tfds_builders import prepare as tfds_prepare
+from merjax.tasks import common
 from tfds_builders.mer_ps import demo as ps_demo
 from tfds_builders.mer_ps import mer_ps_dataset_builder as ps_builder
 
@@ -26,23 +25,6 @@ SELECT = None  # predict with the last state (the official kit has no model sele
 MODEL_FIELDS = ("eeg", "fnirs", "fnirs_mask", "context_mask", "prior")
 EVAL_FIELDS = ("label", "prior")  # kept from each eval batch for the metrics
 SUBMISSION_FILE = "predictions.csv"
-
-
-@dataclasses.dataclass
-class Fold:
-    name: str | None  # None: no cross-validation, outputs go straight into the workdir
-    index: int | None
-    train: object
-    validation: object
-    predict: object  # the split the submission is written for
-
-
-@dataclasses.dataclass
-class TaskData:
-    train: object  # random-access data sources (tfds.data_source)
-    validation: object
-    info: object  # tfds DatasetInfo
-    release: str
 
 
 def subjects(numbers):
@@ -67,22 +49,20 @@ def prepare(config, workdir):
             root, seed=demo.seed, num_subjects=demo.num_subjects,
             seconds=(demo.min_seconds, demo.max_seconds), eeg_rate_hz=demo.eeg_rate_hz)
 
-    root, release = releases.choose(config.data, TRACK, write_demo)
-    builder = tfds_prepare.prepare(
-        ps_builder.Builder, builder_config(config, release), manual_dir=root,
-        data_dir=releases.tfds_dir(config.data), num_shards=int(config.data.num_shards))
-    recorded = builder.info.metadata.get("release") if builder.info.metadata else None
-    if recorded != release:
-        raise ValueError(f"Prepared dataset {builder.data_dir} records release {recorded!r}; "
-                         f"this run expects {release!r}")
-    return TaskData(train=builder.as_data_source("train"),
-                    validation=builder.as_data_source("validation"),
-                    info=builder.info, release=release)
+    return common.prepare(config, TRACK, ps_builder.Builder,
+                          lambda release, root: builder_config(config, release), write_demo,
+                          splits=("train", "validation"))
 
 
 def folds(config, data):
     del config
-    return [Fold(None, None, data.train, data.validation, data.validation)]
+    train, validation = data.splits["train"], data.splits["validation"]
+    return [common.Fold(None, None, train, validation, validation)]
+
+
+def make_transform(config, data):
+    del config, data
+    return transform
 
 
 def transform(example):

@@ -1,0 +1,3 @@
+"""MER-Cross (MER2026 track 1): the TFDS builder (`mer_cross_dataset_builder`) over the shared
+release reader `tfds_builders.mer2026`. Nothing is imported here, so importing the package does
+not register the builder with TFDS."""
