@@ -16,7 +16,7 @@ from configs import common
 
 
 def get_config(arg=None):
-    arg = common.parse_arg(arg, runlocal=False, input_kind="features")
+    arg = common.parse_arg(arg, runlocal=False, bench=False, input_kind="features")
     c = common.base_config()
     c.task = "cross"
 
@@ -31,6 +31,8 @@ def get_config(arg=None):
         features=ml_collections.ConfigDict(dict(
             audio="chinese-hubert-base-UTT", text="chinese-macbert-large-UTT",
             video="clip-vit-large-patch14-UTT")),
+        # (audio, text, video) dims; () = read them from the folders (every file is checked).
+        feature_dims=(),
         feature_level="utt",  # "utt": (1, D) per clip; "frame": (<= max_frames, D)
         max_frames=32,
         # Raw inputs, computed at build time with no pretrained model.
@@ -58,6 +60,11 @@ def get_config(arg=None):
     c.optim.warmup_steps = 20
     c.optim.weight_decay = 1e-5
 
+    if arg.bench:
+        # The MERTools baseline's shapes: batch 32, utterance features of 1024/1024/768 dims
+        # (add --config.data.feature_level=frame for 32-step frame-level sequences).
+        c.data.feature_dims = (1024, 1024, 768)
+        c.batch_size = 32
     if arg.runlocal:
         c.data.num_shards = 2
         c.data.demo.scale = 0.5

@@ -1,15 +1,18 @@
-"""Throughput benchmark: python -m merjax.bench --config=configs/ps.py [--steps=50]
+"""Throughput benchmark: python -m merjax.bench --config=configs/ps.py [--synthetic] [--steps=50]
 
 Prints the model's parameter count, train steps/s and samples/s at the config's global batch and
 input shapes (one fixed batch, so only the compiled step is timed), and the input pipeline's
-samples/s on its own. Shapes and device are printed with the numbers so other stacks can be
-compared on the same work. This is a benchmark, not a test: nothing asserts a speed.
+samples/s on its own. With --synthetic no dataset is built: random inputs of the dataset's feature
+shapes are used (variable-length dims take --length), e.g. the MER-Cross baseline shapes with
+`--config=configs/cross.py:bench --synthetic`. Shapes and device are printed with the numbers so
+other stacks can be compared on the same work. Nothing here asserts a speed.
 """
 import importlib
 import json
 import time
 
 import jax
+import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -19,7 +22,30 @@ from merjax.data import pipeline
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Track config file.", lock_config=True)
 _STEPS = flags.DEFINE_integer("steps", 50, "Timed train steps (after one warm-up step).")
 _PIPELINE_BATCHES = flags.DEFINE_integer("pipeline_batches", 50, "Timed input-pipeline batches.")
+_SYNTHETIC = flags.DEFINE_bool("synthetic", False, "Random inputs of the dataset's shapes.")
+_LENGTH = flags.DEFINE_integer("length", 32, "Length of variable-length dims with --synthetic.")
 flags.mark_flags_as_required(["config"])
+
+
+def synthetic_examples(features, n, length, seed=0):
+    """n random examples matching a TFDS FeaturesDict (None dims -> `length`)."""
+    rng = np.random.default_rng(seed)
+    examples = []
+    for i in range(n):
+        ex = {}
+        for name, feature in features.items():
+            shape = tuple(length if d is None else d for d in feature.shape)
+            dtype = np.dtype(feature.np_dtype) if hasattr(feature, "np_dtype") else None
+            if dtype is None or dtype.kind in "OSU":  # Text
+                ex[name] = f"synthetic_{i:06d}".encode()
+            elif dtype == bool:
+                ex[name] = np.ones(shape, bool)
+            elif dtype.kind in "iu":
+                ex[name] = rng.integers(0, 6 if dtype.kind == "i" else 256, shape).astype(dtype)
+            else:
+                ex[name] = rng.normal(size=shape).astype(dtype) + 100.0 * (name == "prior")
+        examples.append(ex)
+    return examples
 
 
 def main(argv):
@@ -27,13 +53,18 @@ def main(argv):
     config = _CONFIG.value
     task = importlib.import_module(f"merjax.tasks.{config.task}")
     mesh = sharding.make_mesh(config.mesh)
-    data = task.prepare(config, workdir=None)
-    fold = task.folds(config, data)[0]
-    model_state = train.ModelState(config, mesh, task, data, task.input_stats(fold.train, config))
+    if _SYNTHETIC.value:
+        data = task.describe(config)
+        train_source = synthetic_examples(data.info.features, config.batch_size, _LENGTH.value)
+    else:
+        data = task.prepare(config, workdir=None)
+        train_source = task.folds(config, data)[0].train
+    model_state = train.ModelState(config, mesh, task, data,
+                                   task.input_stats(train_source, config))
     state = model_state.init()
     step = model_state.train_step()
 
-    it = pipeline.train_iterator(fold.train, task.make_transform(config, data),
+    it = pipeline.train_iterator(train_source, task.make_transform(config, data),
                                  global_batch_size=config.batch_size, seed=config.seed)
     start = time.perf_counter()
     for _ in range(_PIPELINE_BATCHES.value):
@@ -59,8 +90,8 @@ def main(argv):
         compile_s=round(compile_s, 2), train_steps_per_s=round(1 / step_s, 2),
         train_samples_per_s=round(config.batch_size / step_s, 1),
         pipeline_samples_per_s=round(_PIPELINE_BATCHES.value * config.batch_size / pipeline_s, 1),
-        release=data.release)
-    print(json.dumps(report, indent=1))
+        data=data.release)
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":

@@ -85,3 +85,37 @@ def test_cross_validation_end_to_end(input_kind, tmp_path_factory):
     assert (workdir / "answer.zip").exists()
     for fold in ("fold_0", "fold_1"):
         assert (workdir / fold / "checkpoints").is_dir() and (workdir / fold / "best").is_dir()
+
+
+def test_sharded_mesh_trains_like_one_device(tmp_path_factory):
+    tfds_dir = tmp_path_factory.getbasetemp() / "cross_tfds"
+    losses = {}
+    for name, mesh in (("single", {"devices": 1}), ("sharded", dict(data=2, fsdp=2, model=2))):
+        config = cross_config.get_config("runlocal")
+        config.data.tfds_dir = str(tfds_dir)
+        config.mesh.update(mesh)
+        workdir = tmp_path_factory.mktemp(f"cross_{name}")
+        train.run(config, str(workdir))
+        lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+        losses[name] = [(l["fold"], l["train/loss"]) for l in lines if "train/loss" in l]
+    assert [f for f, _ in losses["single"]] == [f for f, _ in losses["sharded"]]
+    np.testing.assert_allclose([v for _, v in losses["sharded"]],
+                               [v for _, v in losses["single"]], atol=1e-4)
+
+
+def test_benchmark_reports_the_baseline_shapes():
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(
+        [sys.executable, "-m", "merjax.bench", "--config=configs/cross.py:bench", "--synthetic",
+         "--steps=2", "--pipeline_batches=2"], cwd=root, capture_output=True, text=True,
+        timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["global_batch"] == 32 and report["params"] > 0
+    assert report["input_shapes"]["audio"] == [1, 1024]
+    assert report["input_shapes"]["text"] == [1, 1024]
+    assert report["input_shapes"]["video"] == [1, 768]
+    assert report["train_samples_per_s"] > 0 and report["pipeline_samples_per_s"] > 0

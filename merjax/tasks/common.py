@@ -1,5 +1,6 @@
 """What every task hands the train loop: its prepared data and its folds."""
 import dataclasses
+import tempfile
 
 from merjax.data import releases
 from tfds_builders import prepare as tfds_prepare
@@ -38,3 +39,10 @@ def prepare(config, track, builder_cls, make_builder_config, write_demo, splits)
                          f"this run expects {release!r}")
     return TaskData({s: builder.as_data_source(s) for s in splits}, builder.info,
                     builder.builder_config, release)
+
+
+def describe(builder_cls, builder_config):
+    """TaskData with the dataset's feature spec but no data: what a benchmark on synthetic
+    inputs of the real shapes needs (nothing is read or built)."""
+    builder = builder_cls(config=builder_config, data_dir=tempfile.mkdtemp(prefix="merjax-spec-"))
+    return TaskData({}, builder.info, builder.builder_config, "synthetic")

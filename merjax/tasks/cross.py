@@ -31,9 +31,10 @@ ROLES = ("audio", "text", "video")
 
 
 def feature_dims(config, root):
-    """Probes the configured MERTools folders for their dimension D (every file is checked)."""
+    """data.feature_dims, or the configured MERTools folders' dimension D (every file checked)."""
     d = config.data
-    rel = mer2026_release.Mer2026Release(root, features_root=d.features_root or None)
+    if d.feature_dims:
+        return tuple(int(x) for x in d.feature_dims)
     base = d.features_root or os.path.join(root, "features")
     return tuple(mer2026_release.check_feature_dims(os.path.join(base, d.features[role]))
                  for role in ROLES)
@@ -64,6 +65,12 @@ def prepare(config, workdir):
     return common.prepare(config, TRACK, cross_builder.Builder,
                           lambda release, root: builder_config(config, release, root),
                           write_demo, splits=("train", "candidates"))
+
+
+def describe(config):
+    if config.data.input_kind == "features" and not config.data.feature_dims:
+        raise ValueError("Synthetic inputs need config.data.feature_dims (e.g. configs/cross.py:bench)")
+    return common.describe(cross_builder.Builder, builder_config(config, "demo", None))
 
 
 def folds(config, data):

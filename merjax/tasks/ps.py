@@ -54,6 +54,10 @@ def prepare(config, workdir):
                           splits=("train", "validation"))
 
 
+def describe(config):
+    return common.describe(ps_builder.Builder, builder_config(config, "demo"))
+
+
 def folds(config, data):
     del config
     train, validation = data.splits["train"], data.splits["validation"]
