@@ -17,17 +17,18 @@ from merjax import metrics
 from merjax.data import pipeline
 from merjax.models import fusion, text
 from merjax.tasks import common
+from tfds_builders.mer2026 import csvs
 from tfds_builders.mer2026 import demo as mer2026_demo
 from tfds_builders.mer2026 import release as mer2026_release
 from tfds_builders.mer_cross import mer_cross_dataset_builder as cross_builder
 
 TRACK = "mer2026"  # the demo release is shared by tracks 1-3
-LABELS = ("neutral", "angry", "happy", "sad", "worried", "surprise")
+LABELS = csvs.TRACK1_LABELS  # neutral, angry, happy, sad, worried, surprise (index 0..5)
 ID_FIELD = "name"
 SELECT = ("val/waf", "max")
 EVAL_FIELDS = ("label", "row")
 SUBMISSION_FILE = "answer.csv"
-ROLES = ("audio", "text", "video")
+ROLES = cross_builder.ROLES  # audio, text, video
 
 
 def feature_dims(config, root):
