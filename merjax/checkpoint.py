@@ -58,3 +58,14 @@ def abstract_like(state, shardings):
     """ShapeDtypeStructs carrying the target shardings: orbax's restore target."""
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                         state, shardings)
+
+
+def save_params(directory, params):
+    """A params-only checkpoint: a nested dict of host arrays, readable without model code."""
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(os.path.abspath(directory), params, force=True)
+
+
+def load_params(directory):
+    with ocp.StandardCheckpointer() as ckptr:
+        return ckptr.restore(os.path.abspath(directory))

@@ -11,9 +11,10 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/ps.py or configs/ps.py:runlocal.",
     lock_config=True)  # a key not in the config is an error, not a silent new setting
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and predictions go here.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict"],
-                          "train (resumes from the latest checkpoint in --workdir), evaluate or "
-                          "predict (both from the latest checkpoint).")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict", "export"],
+                          "train (resumes from the latest checkpoint in --workdir); evaluate, "
+                          "predict or export (jax.export + params, into <workdir>/export) from "
+                          "the latest checkpoint (the best one where the task selects).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 

@@ -18,10 +18,10 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from merjax import checkpoint, metrics, optim, sharding
+from merjax import checkpoint, export, metrics, optim, sharding
 from merjax.data import pipeline
 
-MODES = ("train", "evaluate", "predict")
+MODES = ("train", "evaluate", "predict", "export")
 
 
 @dataclasses.dataclass
@@ -56,6 +56,8 @@ def run(config, workdir, mode="train"):
     try:
         results = [run_fold(config, workdir, mode, task, mesh, data, fold, writer)
                    for fold in task.folds(config, data)]
+        if mode == "export":
+            return {}
         summary = task.summarize(results)
         if mode == "train" or mode == "predict":
             task.write_outputs(workdir, results, config)
@@ -150,6 +152,18 @@ def run_fold(config, workdir, mode, task, mesh, data, fold, writer):
         logging.info("%s: predicting with the best state, step %d (%s=%.4g)", fold.name or "run",
                      best_step, task.SELECT[0], meta["scores"][task.SELECT[0]])
         return best_state, best_step, meta["scores"], None
+
+    if mode == "export":
+        state, step, scores, _ = selected(state, step, {}, None)
+        export.export(os.path.join(fold_dir, "export"), task=task, graphdef=model_state.graphdef,
+                      state=state, example=transform(fold.validation[0]),
+                      input_names=task.model_inputs(config, data),
+                      meta=dict(task=config.task, step=step, release=data.release,
+                                fold=fold.name, **task.export_metadata(data)))
+        ckpt.close()
+        if best is not None:
+            best.close()
+        return FoldResult(fold.name, step, scores)
 
     if mode != "train":
         if mode == "predict":

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import cross as cross_config
-from merjax import train
+from merjax import checkpoint, export, train
 from merjax.tasks import cross
 from merjax.train import FoldResult
 
@@ -85,6 +85,19 @@ def test_cross_validation_end_to_end(input_kind, tmp_path_factory):
     assert (workdir / "answer.zip").exists()
     for fold in ("fold_0", "fold_1"):
         assert (workdir / fold / "checkpoints").is_dir() and (workdir / fold / "best").is_dir()
+
+    if input_kind == "features":
+        # Each fold exports its best-validation state.
+        train.run(config, str(workdir), mode="export")
+        exported, params, signature = export.load(str(workdir / "fold_0" / "export"))
+        assert signature["label_names"] == list(cross.LABELS)
+        assert signature["output"]["shape"] == ["b", 6]
+        best = checkpoint.Checkpointer(str(workdir / "fold_0"), subdir="best")
+        assert signature["step"] == best.latest_step() and signature["fold"] == "fold_0"
+        best.close()
+        zeros = {k: np.zeros([3] + v["shape"][1:], v["dtype"])
+                 for k, v in signature["inputs"].items()}
+        assert np.asarray(exported.call(params, zeros)).shape == (3, 6)
 
 
 def test_sharded_mesh_trains_like_one_device(tmp_path_factory):

@@ -153,3 +153,45 @@ def test_demo_checkpoint_never_resumes_on_another_release(full_run, monkeypatch)
     monkeypatch.setattr(ps_task, "prepare", pretend_real)
     with pytest.raises(ValueError, match="trained on the demo release; this run uses the real"):
         train.run(config, str(workdir), mode="evaluate")
+
+
+_LOAD_WITHOUT_FLAX = """
+import sys, numpy as np
+from merjax import export
+exported, params, signature = export.load(sys.argv[1])
+inputs = dict(np.load(sys.argv[2]))
+np.save(sys.argv[3], np.asarray(exported.call(params, inputs)))
+assert "flax" not in sys.modules, "loading an export must not need flax"
+"""
+
+
+def test_export_serves_the_trained_model_without_flax(full_run, tmp_path):
+    import subprocess
+    import sys
+    workdir, _, config = full_run
+    train.run(config, str(workdir), mode="export")
+    export_dir = workdir / "export"
+    signature = json.loads((export_dir / "signature.json").read_text())
+    assert signature["step"] == 20 and signature["release"] == "demo"
+    assert signature["inputs"]["eeg"]["shape"] == ["b", 64, 256]
+    assert signature["output"]["shape"] == ["b", 2]
+    assert signature["label_prior"]["global"]
+
+    # Five validation examples through the artifact, in a process that never imports flax.
+    data = ps_task.prepare(config, None)
+    source = data.splits["validation"]
+    examples = [source[i] for i in range(5)]
+    rows = [ps_task.transform(e) for e in examples]
+    np.savez(tmp_path / "inputs.npz",
+             **{k: np.stack([r[k] for r in rows]) for k in ps_task.MODEL_FIELDS})
+    proc = subprocess.run([sys.executable, "-c", _LOAD_WITHOUT_FLAX, str(export_dir),
+                           str(tmp_path / "inputs.npz"), str(tmp_path / "out.npy")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    outputs = np.load(tmp_path / "out.npy")
+    assert outputs.shape == (5, 2)
+    # Rounded, the artifact's outputs are exactly the run's submitted predictions.
+    submitted = {r[0]: [int(r[1]), int(r[2])] for r in _predictions(workdir)[1:]}
+    ids = [e["sample_id"].decode() for e in examples]
+    np.testing.assert_array_equal(ps_task.metrics.ps_to_submission(outputs),
+                                  [submitted[i] for i in ids])

@@ -126,6 +126,15 @@ def make_transform(config, data):
     return transform
 
 
+def model_inputs(config, data):
+    return tuple(k for m in modalities(config, data) for k in (m, f"{m}_mask"))
+
+
+def export_metadata(data):
+    return dict(output="logits over label_names; average over folds, then argmax",
+                label_names=list(LABELS), builder_config=data.builder_config.name)
+
+
 def input_stats(train, config):
     del train, config  # every stem normalises its own tokens
 

@@ -69,6 +69,21 @@ def make_transform(config, data):
     return transform
 
 
+def model_inputs(config, data):
+    del config, data
+    return MODEL_FIELDS
+
+
+def export_metadata(data):
+    return dict(
+        output="valence, arousal on the raw [1, 255] scale; round half to even and clip to "
+               "[1, 255] for predictions.csv",
+        sample_id="{subject}_V{video:02d}_T{second:03d}, 0-based second",
+        preprocessing={k: data.info.metadata.get(k) for k in (
+            "eeg_rate_hz", "context_s", "fnirs_bins", "fnirs_types")},
+        label_prior=data.info.metadata.get("label_prior"))
+
+
 def transform(example):
     return transforms.select(example, MODEL_FIELDS + ("label",), dict(
         eeg=np.float32, fnirs=np.float32, fnirs_mask=bool, context_mask=bool,
