@@ -69,16 +69,25 @@ def run(config, workdir, mode="train"):
 
 
 def run_fold(config, workdir, mode, task, mesh, data, fold, writer):
-    """Trains (or evaluates / predicts with) one fold; returns its FoldResult."""
+    """Trains (or evaluates / predicts with / exports) one fold; returns its FoldResult."""
     fold_dir = workdir if fold.name is None else os.path.join(workdir, fold.name)
+    ckpt = checkpoint.Checkpointer(fold_dir, keep=config.keep_checkpoints)
+    # The state with the best validation score, when the task selects one (task.SELECT).
+    best = checkpoint.Checkpointer(fold_dir, keep=1, subdir="best") if task.SELECT else None
+    try:
+        return _run_fold(config, mode, task, mesh, data, fold, writer, fold_dir, ckpt, best)
+    finally:  # also on errors: an async save in flight completes, the last good one stays
+        ckpt.close()
+        if best is not None:
+            best.close()
+
+
+def _run_fold(config, mode, task, mesh, data, fold, writer, fold_dir, ckpt, best):
     tags = {} if fold.name is None else {"fold": fold.index}
     logging.info("%s: %d train / %d validation examples (%s release)", fold.name or "data",
                  len(fold.train), len(fold.validation), data.release)
 
     # ------------------------------------------------------------------ abstract state
-    ckpt = checkpoint.Checkpointer(fold_dir, keep=config.keep_checkpoints)
-    # The state with the best validation score, when the task selects one (task.SELECT).
-    best = checkpoint.Checkpointer(fold_dir, keep=1, subdir="best") if task.SELECT else None
     latest = ckpt.latest_step()
     if mode != "train" and latest is None:
         raise FileNotFoundError(f"--mode={mode} needs a checkpoint; none in {ckpt.directory}")
@@ -160,21 +169,15 @@ def run_fold(config, workdir, mode, task, mesh, data, fold, writer):
                       input_names=task.model_inputs(config, data),
                       meta=dict(task=config.task, step=step, release=data.release,
                                 fold=fold.name, **task.export_metadata(data)))
-        ckpt.close()
-        if best is not None:
-            best.close()
         return FoldResult(fold.name, step, scores)
 
     if mode != "train":
         if mode == "predict":
             state, step, _, _ = selected(state, step, {}, None)
         scores, cached = run_eval(state, step)
-        result = predict(state, step, scores, cached) if mode == "predict" else \
-            FoldResult(fold.name, step, scores)
-        ckpt.close()
-        if best is not None:
-            best.close()
-        return result
+        if mode == "predict":
+            return predict(state, step, scores, cached)
+        return FoldResult(fold.name, step, scores)
 
     # ------------------------------------------------------------------ train loop
     logging.info("training %d parameters from step %d to %d", model_state.num_params, step,
@@ -193,7 +196,6 @@ def run_fold(config, workdir, mode, task, mesh, data, fold, writer):
         fetched = jax.device_get(pending)
         for s, m in fetched:
             if not np.isfinite(m["loss"]):
-                ckpt.close()
                 raise FloatingPointError(
                     f"Non-finite loss {m['loss']} at step {s}; stopping. The last good checkpoint "
                     f"is step {ckpt.latest_step()} in {ckpt.directory}; rerunning resumes from it "
@@ -233,11 +235,7 @@ def run_fold(config, workdir, mode, task, mesh, data, fold, writer):
 
     if not scores:  # already at total_steps when started: evaluate what was restored
         scores, cached = run_eval(state, step)
-    result = predict(*selected(state, step, scores, cached))
-    ckpt.close()
-    if best is not None:
-        best.close()
-    return result
+    return predict(*selected(state, step, scores, cached))
 
 
 def _improves(value, best_value, direction):
