@@ -48,6 +48,9 @@ def get_config(arg=None):
         mlp_dim=128,
         dropout=0.1,
         eeg_patches_per_s=2,  # EEG tokens per second of context
+        # Predict a residual on the per-(video, second) train-subject mean label; False learns
+        # from the signals alone (an ablation of the prior).
+        use_prior=True,
     ))
     # "l1" serves the official MAE directly; "huber" is smoother near zero.
     c.loss = "l1"

@@ -119,3 +119,21 @@ def test_model_masks_padding_and_bad_channels():
         changed["fnirs"][:, :, :, 0] += 1.0          # a good channel does change it
         assert not np.allclose(np.asarray(model(changed)), base, atol=1e-5)
         assert base.shape == (4, 2)
+
+
+def test_untrained_model_predicts_the_prior_and_can_ignore_it():
+    def build(use_prior):
+        with nnx.use_eager_sharding(False):
+            return physio.PhysioEncoder(
+                eeg_channels=64, eeg_window=256, context_s=2, fnirs_steps=8, fnirs_types=3,
+                fnirs_channels=51, width=32, depth=1, heads=2, mlp_dim=64, dropout=0.0,
+                eeg_patches_per_s=2, stats=_stats(), use_prior=use_prior,
+                rngs=nnx.Rngs(params=0))
+    batch = _batch(4)
+    # The head starts at zero: an untrained model's output is exactly the prior.
+    np.testing.assert_allclose(np.asarray(physio.from_unit(build(True)(batch))), batch["prior"],
+                               rtol=1e-6)
+    without = build(False)
+    without.head.kernel[...] = jnp.ones_like(without.head.kernel[...])
+    moved = dict(batch, prior=batch["prior"] + 50.0)
+    np.testing.assert_array_equal(np.asarray(without(batch)), np.asarray(without(moved)))
