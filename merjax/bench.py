@@ -42,8 +42,10 @@ def synthetic_examples(features, n, length, seed=0):
                 ex[name] = np.ones(shape, bool)
             elif dtype.kind in "iu":
                 ex[name] = rng.integers(0, 6 if dtype.kind == "i" else 256, shape).astype(dtype)
+            elif name in ("label", "prior"):  # MER-PS targets and priors live on [1, 255]
+                ex[name] = rng.uniform(1, 255, shape).astype(dtype)
             else:
-                ex[name] = rng.normal(size=shape).astype(dtype) + 100.0 * (name == "prior")
+                ex[name] = rng.normal(size=shape).astype(dtype)
         examples.append(ex)
     return examples
 
