@@ -31,14 +31,22 @@ SUBMISSION_FILE = "answer.csv"
 ROLES = cross_builder.ROLES  # audio, text, video
 
 
-def feature_dims(config, root):
-    """data.feature_dims, or the configured MERTools folders' dimension D (every file checked)."""
+def feature_dims(config, root, probe=16):
+    """data.feature_dims, or the D of the configured MERTools folders read from `probe` files.
+
+    The dims name the prepared dataset, so they are needed on every run; reading a few headers
+    keeps start-up cheap, and the builder checks every file against them when it builds.
+    """
     d = config.data
     if d.feature_dims:
         return tuple(int(x) for x in d.feature_dims)
     base = d.features_root or os.path.join(root, "features")
-    return tuple(mer2026_release.check_feature_dims(os.path.join(base, d.features[role]))
-                 for role in ROLES)
+    dims = []
+    for role in ROLES:
+        folder = os.path.join(base, d.features[role])
+        names = sorted(mer2026_release.index_features(folder))[:probe]
+        dims.append(mer2026_release.check_feature_dims(folder, names=names))
+    return tuple(dims)
 
 
 def builder_config(config, release, root):
