@@ -1,5 +1,7 @@
 """What every task hands the train loop: its prepared data and its folds."""
+import csv
 import dataclasses
+import os
 import tempfile
 
 from merjax.data import releases
@@ -46,3 +48,13 @@ def describe(builder_cls, builder_config):
     inputs of the real shapes needs (nothing is read or built)."""
     builder = builder_cls(config=builder_config, data_dir=tempfile.mkdtemp(prefix="merjax-spec-"))
     return TaskData({}, builder.info, builder.builder_config, "synthetic")
+
+
+def write_csv(path, header, rows):
+    """A submission CSV, written aside and renamed so a killed run never leaves half a file."""
+    with open(path + ".tmp", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    os.replace(path + ".tmp", path)
+    return path

@@ -4,7 +4,6 @@ Seeded K-fold cross-validation over track1_train (MERTools' protocol, made repro
 fold selects its state by validation WAF, predicts the candidates, and the candidates' logits are
 averaged over folds before the argmax, as the official baseline does.
 """
-import csv
 import os
 import zipfile
 
@@ -197,11 +196,8 @@ def write_outputs(workdir, results, config):
     names = [first.ids[i] for i in order]
     logits = logits[order]
     path = os.path.join(workdir, SUBMISSION_FILE)
-    with open(path + ".tmp", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["name", "discrete"])
-        writer.writerows([n, LABELS[int(c)]] for n, c in zip(names, logits.argmax(-1)))
-    os.replace(path + ".tmp", path)
+    common.write_csv(path, ["name", "discrete"],
+                     ([n, LABELS[int(c)]] for n, c in zip(names, logits.argmax(-1))))
     with zipfile.ZipFile(os.path.join(workdir, "answer.zip"), "w", zipfile.ZIP_DEFLATED) as z:
         z.write(path, arcname=SUBMISSION_FILE)
     np.savez(os.path.join(workdir, "candidate_logits.npz"), name=np.array(names), logits=logits,

@@ -4,11 +4,11 @@ The loop asks this module for: the prepared data and its folds (one: train / val
 subjects), input statistics, the model, the loss, the predictions, the evaluation metrics and the
 submission file (predictions for the validation subjects).
 """
-import csv
 import os
 
 import jax
 import jax.numpy as jnp
+import optax
 import numpy as np
 from absl import logging
 
@@ -149,15 +149,11 @@ def loss(model, batch, config, rngs):
     if config.loss == "l1":
         value = jnp.mean(jnp.abs(err))
     elif config.loss == "huber":
-        value = jnp.mean(huber(err, config.huber_delta))
+        # Divided by delta: the smooth-L1 form, whose slope far from zero is 1 like L1's.
+        value = jnp.mean(optax.huber_loss(err, delta=config.huber_delta)) / config.huber_delta
     else:
         raise ValueError(f"config.loss must be 'l1' or 'huber'; found {config.loss!r}")
     return value, {"mae_raw": jnp.mean(jnp.abs(err)) * (physio.LABEL_MAX - physio.LABEL_MIN)}
-
-
-def huber(err, delta):
-    abs_err = jnp.abs(err)
-    return jnp.where(abs_err <= delta, 0.5 * err ** 2 / delta, abs_err - 0.5 * delta)
 
 
 def predict(model, batch):
@@ -191,11 +187,5 @@ def write_submission(path, ids, outputs):
         raise ValueError(f"Duplicate sample ids in predictions for {path}")
     order = sorted(range(len(ids)), key=lambda i: ids[i])  # the scorer joins on id; sorted reads well
     ids, values = [ids[i] for i in order], values[order]
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["sample_id", "valence", "arousal"])
-        for sample_id, (v, a) in zip(ids, values):
-            writer.writerow([sample_id, int(v), int(a)])
-    os.replace(tmp, path)
-    return path
+    return common.write_csv(path, ["sample_id", "valence", "arousal"],
+                            ([i, int(v), int(a)] for i, (v, a) in zip(ids, values)))
