@@ -97,7 +97,8 @@ def folds(config, data):
 
 def modalities(config, data):
     """{name: (stem kind, input dim, padded input length)} for the fusion model and transform."""
-    c, d = data.builder_config, config.data
+    del config  # the shapes come from the prepared dataset's builder config
+    c = data.builder_config
     if c.input_kind == "features":
         length = 1 if c.feature_level == "utt" else c.max_frames
         return {r: ("dense", dim, length) for r, dim in zip(ROLES, c.feature_dims)}
