@@ -31,6 +31,12 @@ def parse_arg(arg, **defaults):
     return ml_collections.ConfigDict(parsed)
 
 
+def check_sizes(arg):
+    """`runlocal` (seconds, CI) and `real` (the real release's schedule) size a run two ways."""
+    if arg.runlocal and arg.real:
+        raise ValueError("Config variants 'runlocal' and 'real' contradict each other; pick one")
+
+
 def base_config():
     """Keys shared by every track; each track's get_config fills in task, data and model."""
     c = ml_collections.ConfigDict()

@@ -7,24 +7,21 @@ shapes are used (variable-length dims take --length), e.g. the MER-Cross baselin
 `--config=configs/cross.py:bench --synthetic`. Shapes and device are printed with the numbers so
 other stacks can be compared on the same work. Nothing here asserts a speed.
 """
-import importlib
 import json
 import time
 
 import jax
 import numpy as np
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
-from merjax import sharding, train
-from merjax.data import pipeline
+from merjax import cli, sharding, tasks, train
+from merjax import main as train_command  # the same --config flag as training
+from merjax.data import pipeline, prepare
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Track config file.", lock_config=True)
 _STEPS = flags.DEFINE_integer("steps", 50, "Timed train steps (after one warm-up step).")
 _PIPELINE_BATCHES = flags.DEFINE_integer("pipeline_batches", 50, "Timed input-pipeline batches.")
 _SYNTHETIC = flags.DEFINE_bool("synthetic", False, "Random inputs of the dataset's shapes.")
 _LENGTH = flags.DEFINE_integer("length", 32, "Length of variable-length dims with --synthetic.")
-flags.mark_flags_as_required(["config"])
 
 
 def synthetic_examples(features, n, length, seed=0):
@@ -51,15 +48,15 @@ def synthetic_examples(features, n, length, seed=0):
 
 
 def main(argv):
-    del argv
-    config = _CONFIG.value
-    task = importlib.import_module(f"merjax.tasks.{config.task}")
+    del argv  # cli.run refuses stray arguments
+    config = train_command.CONFIG.value
+    task = tasks.load(config.task)
     mesh = sharding.make_mesh(config.mesh)
     if _SYNTHETIC.value:
-        data = task.describe(config)
+        data = prepare.describe(config, task)
         train_source = synthetic_examples(data.info.features, config.batch_size, _LENGTH.value)
     else:
-        data = task.prepare(config, workdir=None)
+        data = prepare.prepare(config, task, announce=False)
         train_source = task.folds(config, data)[0].train
     model_state = train.ModelState(config, mesh, task, data,
                                    task.input_stats(train_source, config))
@@ -97,4 +94,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    flags.mark_flags_as_required(["config"])
+    cli.run(main)

@@ -6,7 +6,6 @@ process 0, so every process can call it.
 import json
 import os
 
-import jax
 import numpy as np
 
 PS_MIN, PS_MAX = 1, 255
@@ -60,35 +59,70 @@ def ps_metrics(pred_raw, target_raw, prefix=""):
 
 
 class MetricWriter:
-    """Appends `{"step": s, name: value, ...}` lines to metrics.jsonl and TensorBoard scalars."""
+    """`metrics.jsonl` lines `{"step": s, ["fold": k,] name: value, ...}` and TensorBoard scalars
+    (one event folder per fold: tensorboard/ or tensorboard/fold_k/), process 0 only.
 
-    def __init__(self, workdir):
-        self.enabled = jax.process_index() == 0
-        self._file = self._tb = None
-        if self.enabled:
-            os.makedirs(workdir, exist_ok=True)
-            self._file = open(os.path.join(workdir, "metrics.jsonl"), "a")
-            # tensorboardX writes event files without TensorFlow.
-            from tensorboardX import SummaryWriter
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    A resumed run stays one continuous history: `start(step, fold)` drops that fold's lines past
+    `step` and tells TensorBoard to purge its events past `step`, so every step appears once.
+    """
 
-    def write(self, step, scalars, **tags):
-        """`tags` (e.g. fold=2) go into the JSON line but not into TensorBoard."""
+    def __init__(self, workdir, enabled=True):
+        import jax  # here: the scorer (merjax.score) uses this module without JAX
+        self.enabled = enabled and jax.process_index() == 0
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.tb_dir = os.path.join(workdir, "tensorboard")
+        self._tb = {}
+
+    def start(self, step, fold=None):
         if not self.enabled:
             return
-        record = {"step": int(step), **tags}
+        self._drop(lambda r: r.get("fold") == fold and r["step"] > step)
+        if fold in self._tb:
+            self._tb.pop(fold).close()
+        self._tb_writer(fold, purge_step=step + 1)
+
+    def write(self, step, scalars, fold=None):
+        if not self.enabled:
+            return
+        record = {"step": int(step)} if fold is None else {"step": int(step), "fold": fold}
         record.update({k: float(v) for k, v in scalars.items()})
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
-        suffix = "".join(f"/{k}_{v}" for k, v in tags.items())
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        tb = self._tb_writer(fold)
         for name, value in scalars.items():
-            self._tb.add_scalar(name + suffix, float(value), int(step))
-        self._tb.flush()
+            tb.add_scalar(name, float(value), int(step))
+        tb.flush()
+
+    def write_summary(self, step, scalars):
+        """Cross-fold scores (no fold tag): replaces the summary of an earlier run."""
+        if self.enabled:
+            names = set(scalars)
+            self._drop(lambda r: "fold" not in r and names & set(r))
+            self.write(step, scalars)
+
+    def _drop(self, unwanted):
+        if not os.path.exists(self.path):
+            return
+        with open(self.path) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        kept = [r for r in rows if not unwanted(r)]
+        if len(kept) != len(rows):
+            with open(self.path + ".tmp", "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in kept)
+            os.replace(self.path + ".tmp", self.path)
+
+    def _tb_writer(self, fold, purge_step=None):
+        if fold not in self._tb:
+            # tensorboardX writes event files without TensorFlow.
+            from tensorboardX import SummaryWriter
+            logdir = self.tb_dir if fold is None else os.path.join(self.tb_dir, f"fold_{fold}")
+            self._tb[fold] = SummaryWriter(logdir, purge_step=purge_step)
+        return self._tb[fold]
 
     def close(self):
-        if self.enabled:
-            self._file.close()
-            self._tb.close()
+        for tb in self._tb.values():
+            tb.close()
+        self._tb.clear()
 
 
 def weighted_f1(y_true, y_pred):
@@ -112,3 +146,9 @@ def weighted_f1(y_true, y_pred):
 def accuracy(y_true, y_pred):
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     return float(np.mean(y_true == y_pred)) if len(y_true) else 0.0
+
+
+def mse(pred, target):
+    """Mean squared error over all values: the MER-PS scorer's auxiliary score (MER2026.md §6.4)."""
+    diff = np.asarray(pred, np.float64) - np.asarray(target, np.float64)
+    return float(np.mean(diff * diff))

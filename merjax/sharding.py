@@ -100,14 +100,34 @@ def to_global(local_batch, mesh, config):
 
 
 def log_parameters(state, shardings):
-    """One line per parameter: path, shape and the resolved PartitionSpec; then the total."""
+    """Every parameter's path, shape and resolved PartitionSpec at debug level (`-v 1`), and a
+    one-line summary; returns the parameter count."""
     flat_state = nnx.to_flat_state(state)
     flat_sh = dict(nnx.to_flat_state(shardings))
-    total = 0
+    total = sharded = 0
     for path, var in flat_state:
         value = var.get_value() if hasattr(var, "get_value") else var
-        total += int(np.prod(value.shape))
+        size = int(np.prod(value.shape))
         spec = getattr(flat_sh.get(path), "spec", None)
-        logging.info("param %-60s %-18s %s", "/".join(map(str, path)), tuple(value.shape), spec)
-    logging.info("total parameters: %s", f"{total:,}")
+        total += size
+        sharded += size if spec is not None and any(a is not None for a in spec) else 0
+        logging.debug("param %-60s %-18s %s", "/".join(map(str, path)), tuple(value.shape), spec)
+    logging.info("%s parameters in %d arrays, %s of them sharded (per-parameter specs: -v 1)",
+                 f"{total:,}", len(flat_state), f"{sharded:,}")
     return total
+
+
+def memory_summary(compiled):
+    """The compiled step's memory analysis in MB (None where the backend gives none)."""
+    analysis = compiled.memory_analysis()
+    if analysis is None:
+        return None
+    fields = ("argument", "output", "temp", "generated_code")
+    return {f: getattr(analysis, f"{f}_size_in_bytes", 0) / 2**20 for f in fields}
+
+
+def log_memory(compiled):
+    summary = memory_summary(compiled)
+    if summary is not None:
+        logging.info("compiled train step, memory per device: %s",
+                     ", ".join(f"{k} {v:.1f} MB" for k, v in summary.items()))

@@ -1,14 +1,16 @@
-"""The one train / evaluate / predict loop for every track. Read it top to bottom.
+"""The one train / evaluate / predict / export loop for every track. Read it top to bottom.
 
-`run` sets up the task, mesh and data, then runs each of the task's folds (one fold without
-cross-validation) through `run_fold`: abstract state and shardings -> init or restore -> jitted
-steps -> train loop with logging, evaluation, model selection and checkpoints -> predictions.
-Finally the task turns the folds' predictions into its submission. A track changes nothing here:
-its module in merjax/tasks/ supplies data, folds, model, loss, metrics and submission.
+`run`: task, mesh and data, then each of the task's folds (one without cross-validation) through
+`run_fold`, then the task's summary and submission. `run_fold` dispatches the modes in one
+place: train (`train_fold`) or restore, then the selected state (the best one where the task
+selects, else the last), then export, evaluate or predict with it. A track changes nothing here:
+its module in merjax/tasks/ (contract in merjax/tasks/__init__.py) supplies the rest.
 """
 import dataclasses
-import importlib
+import json
 import os
+import signal
+import threading
 import time
 
 import jax
@@ -18,8 +20,8 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from merjax import checkpoint, export, metrics, optim, sharding
-from merjax.data import pipeline
+from merjax import checkpoint, export, metrics, optim, sharding, tasks
+from merjax.data import pipeline, prepare
 
 MODES = ("train", "evaluate", "predict", "export")
 
@@ -34,95 +36,204 @@ class FoldResult:
     kept: dict | None = None  # the task's EVAL_FIELDS for them
 
 
+class Stopped(Exception):
+    """SIGINT or SIGTERM arrived; a checkpoint of `step` was saved before this was raised."""
+
+    def __init__(self, step, signum):
+        super().__init__(f"stopped at step {step}; rerun the same command to resume")
+        self.step, self.signum = step, signum
+
+
 def run(config, workdir, mode="train"):
     """Runs `mode` for `config` in `workdir`; returns the task's summary scores."""
     if mode not in MODES:
         raise ValueError(f"--mode must be one of {MODES}; found {mode!r}")
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
-
-    task = importlib.import_module(f"merjax.tasks.{config.task}")
+    task = tasks.load(config.task)
     mesh = sharding.make_mesh(config.mesh)
-    shards = sharding.batch_shards(mesh, config)
-    for key in ("batch_size", "eval_batch_size"):
-        if config[key] % (shards * jax.process_count()):
-            raise ValueError(f"config.{key}={config[key]} must divide by the {shards} batch shards "
-                             f"of mesh {dict(mesh.shape)} and by {jax.process_count()} processes")
+    check_batch_sizes(config, mesh)
     logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape),
                  jax.device_count(), jax.process_count())
 
-    data = task.prepare(config, workdir)
-    writer = metrics.MetricWriter(workdir)
+    data = prepare.prepare(config, task, announce=mode == "train")
+    # Only training adds to the run's history; the other modes report and write their files.
+    writer = metrics.MetricWriter(workdir, enabled=mode == "train")
     try:
+        report = task.data_report(data)
+        logging.info("data: %s", ", ".join(f"{k}={v:g}" for k, v in sorted(report.items())))
+        writer.write_summary(0, report)
         results = [run_fold(config, workdir, mode, task, mesh, data, fold, writer)
                    for fold in task.folds(config, data)]
         if mode == "export":
             return {}
         summary = task.summarize(results)
-        if mode == "train" or mode == "predict":
-            task.write_outputs(workdir, results, config)
+        if mode in ("train", "predict"):
+            task.write_outputs(workdir, results, config, data)
         if len(results) > 1:
-            writer.write(config.total_steps, summary)
+            writer.write_summary(config.total_steps, summary)
+        if mode == "evaluate" and jax.process_index() == 0:
+            with open(os.path.join(workdir, "evaluate.json"), "w") as f:
+                json.dump(dict(summary, folds=[dict(r.scores, step=r.step, fold=r.name)
+                                               for r in results]), f, indent=1)
+        logging.info("%s %s: %s", config.task, mode,
+                     ", ".join(f"{k}={v:.4g}" for k, v in sorted(summary.items())))
         return summary
     finally:
         writer.close()
 
 
+def check_batch_sizes(config, mesh):
+    """Global batches split over the batch shards (which count every device of every process)
+    and over the processes (each feeds its own slice)."""
+    shards = sharding.batch_shards(mesh, config)
+    for key in ("batch_size", "eval_batch_size"):
+        for parts, what in ((shards, f"{shards} batch shards of mesh {dict(mesh.shape)}"),
+                            (jax.process_count(), f"{jax.process_count()} processes")):
+            if config[key] % parts:
+                raise ValueError(f"config.{key}={config[key]} must divide by the {what}")
+
+
 def run_fold(config, workdir, mode, task, mesh, data, fold, writer):
-    """Trains (or evaluates / predicts with / exports) one fold; returns its FoldResult."""
+    """Trains (or restores), selects, then exports, evaluates or predicts; one FoldResult."""
     fold_dir = workdir if fold.name is None else os.path.join(workdir, fold.name)
     ckpt = checkpoint.Checkpointer(fold_dir, keep=config.keep_checkpoints)
     # The state with the best validation score, when the task selects one (task.SELECT).
     best = checkpoint.Checkpointer(fold_dir, keep=1, subdir="best") if task.SELECT else None
     try:
-        return _run_fold(config, mode, task, mesh, data, fold, writer, fold_dir, ckpt, best)
+        latest = ckpt.latest_step()
+        if mode != "train" and latest is None:
+            raise FileNotFoundError(f"--mode={mode} needs a checkpoint; none in {ckpt.directory}."
+                                    f" Train first with --mode=train and the same --workdir")
+        logging.info("%s: %d train / %d validation examples (%s release)",
+                     fold.name or "data", len(fold.train), len(fold.validation), data.release)
+        # Statistics come from the data only for a fresh model; a restore brings its own.
+        stats = task.input_stats(fold.train, config) if latest is None else None
+        model_state = ModelState(config, mesh, task, data, stats, fold_index=fold.index)
+        evaluator = Evaluator(config, mesh, task, model_state, task.make_transform(config, data))
+        scores = cached = None
+        if mode == "train":
+            state, step, scores, cached = train_fold(
+                config, task, data, fold, model_state, evaluator, ckpt, best, writer)
+        else:
+            state, meta = ckpt.restore(latest, model_state.restore_target())
+            check_release(meta, data, ckpt)
+            step = int(meta["step"])
+        state, step, scores, cached = select(best, model_state, task, fold, state, step, scores,
+                                             cached)
+        if mode == "export":
+            export.export(os.path.join(fold_dir, "export"), task=task,
+                          graphdef=model_state.graphdef, state=state,
+                          example=evaluator.transform(fold.validation[0]),
+                          input_names=task.model_inputs(config, data),
+                          meta=dict(task=config.task, step=step, release=data.release,
+                                    release_id=data.release_id, fold=fold.name,
+                                    **task.export_metadata(data)))
+            return FoldResult(fold.name, step, {})
+        if scores is None or mode == "evaluate":  # evaluate always measures afresh
+            cached = evaluator(state, fold.validation)
+            scores = task.eval_metrics(cached[1], cached[2])
+            _log_scores(fold, step, scores, "selected state" if task.SELECT else "")
+        if mode == "evaluate" or fold.predict is None:
+            return FoldResult(fold.name, step, scores)
+        ids, outputs, kept = (cached if cached is not None and fold.predict is fold.validation
+                              else evaluator(state, fold.predict))
+        return FoldResult(fold.name, step, scores, ids, outputs, kept)
     finally:  # also on errors: an async save in flight completes, the last good one stays
         ckpt.close()
         if best is not None:
             best.close()
 
 
-def _run_fold(config, mode, task, mesh, data, fold, writer, fold_dir, ckpt, best):
-    tags = {} if fold.name is None else {"fold": fold.index}
-    logging.info("%s: %d train / %d validation examples (%s release)", fold.name or "data",
-                 len(fold.train), len(fold.validation), data.release)
+def train_fold(config, task, data, fold, model_state, evaluator, ckpt, best, writer):
+    """Trains from the latest checkpoint (or from scratch) to total_steps.
 
-    # ------------------------------------------------------------------ abstract state
-    latest = ckpt.latest_step()
-    if mode != "train" and latest is None:
-        raise FileNotFoundError(f"--mode={mode} needs a checkpoint; none in {ckpt.directory}")
-    # Statistics come from the data only for a fresh model; a restore brings its own.
-    stats = task.input_stats(fold.train, config) if latest is None else None
-    model_state = ModelState(config, mesh, task, data, stats)
-
-    # ------------------------------------------------------------------ init or restore
-    transform = task.make_transform(config, data)
-    train_iter = None
-    if mode == "train":
-        train_iter = pipeline.train_iterator(
-            fold.train, transform, global_batch_size=config.batch_size,
-            seed=config.seed + 7919 * (fold.index or 0))
+    Returns (last state, its step, its validation scores, its evaluation outputs or None).
+    """
+    train_iter = pipeline.train_iterator(
+        fold.train, evaluator.transform, global_batch_size=config.batch_size,
+        seed=model_state.data_seed)
+    latest, scores = ckpt.latest_step(), None
     if latest is None:
         state, step = model_state.init(), 0
     else:
         state, meta = ckpt.restore(latest, model_state.restore_target(), train_iter)
-        _check_release(meta, data, ckpt)
-        step = int(meta["step"])
+        check_release(meta, data, ckpt)
+        step, scores = int(meta["step"]), meta.get("scores")
         logging.info("restored step %d from %s", step, ckpt.directory)
+    writer.start(step, fold=fold.index)  # rows past `step` from an interrupted run are dropped
+    best_value = None
+    if best is not None and best.latest_step() is not None:
+        best_value = best.meta(best.latest_step())["scores"][task.SELECT[0]]
+    if step < config.total_steps:
+        logging.info("training %s parameters from step %d to %d",
+                     f"{model_state.num_params:,}", step, config.total_steps)
+    log = StepLog(config, writer, fold, ckpt)
+    train_step, compiled, cached = model_state.train_step(), None, None
+    with StopSignals() as stop:
+        while step < config.total_steps:
+            batch = sharding.to_global(next(train_iter), model_state.mesh, config)
+            if compiled is None:
+                compiled = train_step.lower(state, batch).compile()
+                sharding.log_memory(compiled)
+                log.restart_clock()  # steps/s should not include compilation
+            state, step_metrics = compiled(state, batch)
+            step += 1
+            log.add(step, step_metrics)
+            last = step == config.total_steps
+            if step % config.log_every == 0 or last:
+                log.flush()
+            if step % config.eval_every == 0 or last:
+                log.flush()  # never select or keep a state whose loss went non-finite
+                cached = evaluator(state, fold.validation)
+                scores = task.eval_metrics(cached[1], cached[2])
+                writer.write(step, scores, fold=fold.index)
+                _log_scores(fold, step, scores)
+                if best is not None and _improves(scores[task.SELECT[0]], best_value,
+                                                  task.SELECT[1]):
+                    best_value = scores[task.SELECT[0]]
+                    best.save(step, state, None, _meta(data, step, scores))
+            stopping = stop.signum is not None and not last
+            if step % config.checkpoint_every == 0 or last or stopping:
+                log.flush()  # never checkpoint a state whose loss went non-finite
+                ckpt.save(step, state, train_iter, _meta(data, step, scores))
+            if stopping:
+                ckpt.wait()
+                raise Stopped(step, stop.signum)
+    return state, step, scores, cached
 
-    train_step = model_state.train_step()
-    eval_step = model_state.eval_step()
 
-    # ------------------------------------------------------------------ evaluation
-    def evaluate(state, source):
-        """Every example once; returns (ids, outputs, kept fields) in split order."""
-        local_ids, parts = {}, []
+def select(best, model_state, task, fold, state, step, scores, cached):
+    """The best state if the task selects one, else the given (last) state, with its scores
+    and, when it is the given state, its cached evaluation."""
+    if best is None or best.latest_step() is None or best.latest_step() == step:
+        return state, step, scores, cached
+    best_step = best.latest_step()
+    best_state, meta = best.restore(best_step, model_state.restore_target())
+    logging.info("%s: using the best state, step %d (%s=%.4g)", fold.name or "run", best_step,
+                 task.SELECT[0], meta["scores"][task.SELECT[0]])
+    return best_state, best_step, meta["scores"], None
+
+
+class Evaluator:
+    """Every example of a split once, through the jitted eval step on the mesh.
+
+    `evaluator(state, source)` returns (ids, outputs, kept fields) in split order, gathered
+    from every process; padding added to the last batch is masked out.
+    """
+
+    def __init__(self, config, mesh, task, model_state, transform):
+        self.config, self.mesh, self.task, self.transform = config, mesh, task, transform
+        self.eval_step = model_state.eval_step()
+
+    def __call__(self, state, source):
+        task, local_ids, parts = self.task, {}, []
         for local, batch_ids in pipeline.eval_batches(
-                source, transform, global_batch_size=config.eval_batch_size,
+                source, self.transform, global_batch_size=self.config.eval_batch_size,
                 id_field=task.ID_FIELD):
             local_ids.update(zip(local["index"][:len(batch_ids)].tolist(), batch_ids))
-            batch = sharding.to_global(local, mesh, config)
-            out = eval_step(state, batch)
+            batch = sharding.to_global(local, self.mesh, self.config)
+            out = self.eval_step(state, batch)
             keep = {k: batch[k] for k in ("mask", "index") + task.EVAL_FIELDS}
             parts.append(multihost_utils.process_allgather(dict(out=out, **keep), tiled=True))
         gathered = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -132,110 +243,86 @@ def _run_fold(config, mode, task, mesh, data, fold, writer, fold_dir, ckpt, best
         rows = {k: v[order] for k, v in rows.items()}
         if len(rows["index"]) != len(source) or np.any(rows["index"] != np.arange(len(source))):
             raise RuntimeError(f"Evaluation saw {len(rows['index'])} of {len(source)} examples")
+        # Ids of examples another process evaluated are read back from the source.
         ids = [local_ids[i] if i in local_ids else pipeline.decode_id(source[i], task.ID_FIELD)
-               for i in rows["index"]]
+               for i in rows["index"].tolist()]
         return ids, rows.pop("out"), rows
 
-    def run_eval(state, step):
-        ids, outputs, kept = evaluate(state, fold.validation)
-        scores = task.eval_metrics(outputs, kept)
-        writer.write(step, scores, **tags)
-        logging.info("eval%s @ step %d: %s", f" {fold.name}" if fold.name else "", step,
-                     ", ".join(f"{k}={v:.4g}" for k, v in sorted(scores.items())))
-        return scores, (ids, outputs, kept)
 
-    def predict(state, step, scores, cached=None):
-        """The fold's result: the predict split's outputs from `state` (None: evaluate only)."""
-        if fold.predict is None:
-            return FoldResult(fold.name, step, scores)
-        ids, outputs, kept = cached if cached and fold.predict is fold.validation else \
-            evaluate(state, fold.predict)
-        return FoldResult(fold.name, step, scores, ids, outputs, kept)
+class StepLog:
+    """Per-step scalars stay on device until a flush: then they are fetched at once, checked
+    for a non-finite loss, averaged, written and logged with steps/s and ETA."""
 
-    def selected(state, step, scores, cached):
-        """The best state if the task selects one, else the given (last) state."""
-        if best is None or best.latest_step() is None or best.latest_step() == step:
-            return state, step, scores, cached
-        best_step = best.latest_step()
-        best_state, meta = best.restore(best_step, model_state.restore_target())
-        logging.info("%s: predicting with the best state, step %d (%s=%.4g)", fold.name or "run",
-                     best_step, task.SELECT[0], meta["scores"][task.SELECT[0]])
-        return best_state, best_step, meta["scores"], None
+    def __init__(self, config, writer, fold, ckpt):
+        self.config, self.writer, self.fold, self.ckpt = config, writer, fold, ckpt
+        self.pending, self.start, self.start_step = [], time.time(), None
 
-    if mode == "export":
-        state, step, scores, _ = selected(state, step, {}, None)
-        export.export(os.path.join(fold_dir, "export"), task=task, graphdef=model_state.graphdef,
-                      state=state, example=transform(fold.validation[0]),
-                      input_names=task.model_inputs(config, data),
-                      meta=dict(task=config.task, step=step, release=data.release,
-                                fold=fold.name, **task.export_metadata(data)))
-        return FoldResult(fold.name, step, scores)
+    def restart_clock(self):
+        self.start, self.start_step = time.time(), None
 
-    if mode != "train":
-        if mode == "predict":
-            state, step, _, _ = selected(state, step, {}, None)
-        scores, cached = run_eval(state, step)
-        if mode == "predict":
-            return predict(state, step, scores, cached)
-        return FoldResult(fold.name, step, scores)
+    def add(self, step, scalars):
+        if self.start_step is None:
+            self.start_step = step - 1
+        self.pending.append((step, scalars))
 
-    # ------------------------------------------------------------------ train loop
-    logging.info("training %d parameters from step %d to %d", model_state.num_params, step,
-                 config.total_steps)
-    pending = []  # (step, device scalars) not yet fetched
-    window_start, window_step, scores, cached = time.time(), step, {}, None
-    best_value = None
-    if best is not None and best.latest_step() is not None:
-        best_value = best.meta(best.latest_step())["scores"][task.SELECT[0]]
-
-    def flush():
-        """Fetches pending scalars, stops on a non-finite loss, logs the window's means."""
-        nonlocal window_start, window_step
-        if not pending:
+    def flush(self):
+        if not self.pending:
             return
-        fetched = jax.device_get(pending)
+        fetched = jax.device_get(self.pending)
         for s, m in fetched:
             if not np.isfinite(m["loss"]):
                 raise FloatingPointError(
-                    f"Non-finite loss {m['loss']} at step {s}; stopping. The last good checkpoint "
-                    f"is step {ckpt.latest_step()} in {ckpt.directory}; rerunning resumes from it "
-                    f"(lower config.optim.lr or check the data).")
+                    f"Non-finite loss {m['loss']} at step {s}; stopping. The last good checkpoint"
+                    f" is step {self.ckpt.latest_step()} in {self.ckpt.directory}; rerunning "
+                    f"resumes from it (lower config.optim.lr or check the data).")
         means = {f"train/{k}": float(np.mean([m[k] for _, m in fetched])) for k in fetched[0][1]}
         last = fetched[-1][0]
-        rate = (last - window_step) / max(time.time() - window_start, 1e-9)
-        writer.write(last, {**means, "train/steps_per_s": rate}, **tags)
-        eta = (config.total_steps - last) / max(rate, 1e-9)
+        rate = (last - self.start_step) / max(time.time() - self.start, 1e-9)
+        self.writer.write(last, {**means, "train/steps_per_s": rate}, fold=self.fold.index)
+        eta = (self.config.total_steps - last) / max(rate, 1e-9)
         logging.info("%sstep %d/%d  loss %.5f  %.2f steps/s  ETA %dm%02ds",
-                     f"{fold.name} " if fold.name else "", last, config.total_steps,
-                     means["train/loss"], rate, eta // 60, eta % 60)
-        pending.clear()
-        window_start, window_step = time.time(), last
+                     f"{self.fold.name} " if self.fold.name else "", last,
+                     self.config.total_steps, means["train/loss"], rate, eta // 60, eta % 60)
+        self.pending.clear()
+        self.start, self.start_step = time.time(), last
 
-    compiled = None
-    while step < config.total_steps:
-        batch = sharding.to_global(next(train_iter), mesh, config)
-        if compiled is None:
-            compiled = train_step.lower(state, batch).compile()
-            logging.info("compiled train step; memory analysis: %s", compiled.memory_analysis())
-            window_start = time.time()  # steps/s should not include compilation
-        state, step_metrics = compiled(state, batch)
-        step += 1
-        pending.append((step, step_metrics))
-        if step % config.log_every == 0 or step == config.total_steps:
-            flush()
-        if step % config.eval_every == 0 or step == config.total_steps:
-            flush()  # never select or keep a state whose loss went non-finite
-            scores, cached = run_eval(state, step)
-            if best is not None and _improves(scores[task.SELECT[0]], best_value, task.SELECT[1]):
-                best_value = scores[task.SELECT[0]]
-                best.save(step, state, None, dict(step=step, release=data.release, scores=scores))
-        if step % config.checkpoint_every == 0 or step == config.total_steps:
-            flush()  # never checkpoint a state whose loss went non-finite
-            ckpt.save(step, state, train_iter, dict(step=step, release=data.release))
 
-    if not scores:  # already at total_steps when started: evaluate what was restored
-        scores, cached = run_eval(state, step)
-    return predict(*selected(state, step, scores, cached))
+class StopSignals:
+    """Turns the first SIGINT/SIGTERM into a flag the loop checks after each step (it then
+    checkpoints and stops); a second one interrupts at once. Only the main thread can install
+    handlers; elsewhere this does nothing."""
+
+    def __init__(self):
+        self.signum, self._previous = None, {}
+
+    def _handle(self, signum, frame):
+        del frame
+        if self.signum is not None:
+            raise KeyboardInterrupt(f"second signal {signum}")
+        self.signum = signum
+        logging.warning("signal %d: checkpointing after this step, then stopping", signum)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        return False
+
+
+def _log_scores(fold, step, scores, note=""):
+    logging.info("eval%s @ step %d%s: %s", f" {fold.name}" if fold.name else "", step,
+                 f" ({note})" if note else "",
+                 ", ".join(f"{k}={v:.4g}" for k, v in sorted(scores.items())))
+
+
+def _meta(data, step, scores):
+    """The JSON saved beside a checkpoint: what a restore checks and reports."""
+    return dict(step=step, release=data.release, release_id=data.release_id, scores=scores)
 
 
 def _improves(value, best_value, direction):
@@ -244,23 +331,34 @@ def _improves(value, best_value, direction):
     return value > best_value if direction == "max" else value < best_value
 
 
-def _check_release(meta, data, ckpt):
-    if meta.get("release") != data.release:
-        raise ValueError(f"Checkpoint in {ckpt.directory} was trained on the "
-                         f"{meta.get('release')} release; this run uses the {data.release} "
-                         f"release. Use another --workdir.")
+def check_release(meta, data, ckpt):
+    """A checkpoint resumes or serves only the release (and release files) it was trained on."""
+    for key in ("release", "release_id"):
+        if key in meta and meta[key] != getattr(data, key):
+            raise ValueError(f"Checkpoint in {ckpt.directory} was trained on {key} "
+                             f"{meta[key]!r}; this run uses {getattr(data, key)!r}. Use another "
+                             f"--workdir for another release.")
 
 
 class ModelState:
     """The model + optimizer as one sharded nnx.State: abstract shapes, init, restore target, and
-    the jitted train and eval steps over it. The benchmark builds the same object."""
+    the jitted train and eval steps over it. The benchmark builds the same object.
 
-    def __init__(self, config, mesh, task, data, stats):
+    Randomness: parameter init, dropout and data order are independent streams derived from
+    `config.seed` and the fold index, so CV folds differ and a rerun repeats them exactly.
+    """
+
+    def __init__(self, config, mesh, task, data, stats, fold_index=None):
         self.config, self.mesh, self.task = config, mesh, task
         self.tx, self.lr_schedule = optim.make(config.optim, config.total_steps)
+        root = jax.random.fold_in(jax.random.key(config.seed),
+                                  0 if fold_index is None else fold_index + 1)
+        self.params_key, self.dropout_key = (jax.random.fold_in(root, i) for i in (0, 1))
+        self.data_seed = int(np.random.SeedSequence(
+            [int(config.seed), 0 if fold_index is None else fold_index + 1]).generate_state(1)[0])
 
         def build():
-            model = task.build_model(config, data, stats, nnx.Rngs(params=config.seed))
+            model = task.build_model(config, data, stats, nnx.Rngs(params=self.params_key))
             return model, nnx.Optimizer(model, self.tx, wrt=nnx.Param)
 
         self._build = build
@@ -281,13 +379,13 @@ class ModelState:
 
     def train_step(self):
         config, task, graphdef, lr_schedule = self.config, self.task, self.graphdef, self.lr_schedule
-        base_key = jax.random.key(config.seed)
+        dropout_key = self.dropout_key
 
         def step(state, batch):
             model, opt = nnx.merge(graphdef, state)
             opt_step = opt.step[...]
-            # Randomness is a function of (seed, step) only, so a resumed run repeats it exactly.
-            key = jax.random.fold_in(base_key, opt_step)
+            # Randomness is a function of (seed, fold, step) only: a resumed run repeats it.
+            key = jax.random.fold_in(dropout_key, opt_step)
             # The Rngs are made inside the differentiated function: NNX forbids mutating RNG
             # counters created outside the grad trace.
             (loss, aux), grads = nnx.value_and_grad(

@@ -1,9 +1,9 @@
-"""merjax/features.py: the signal helpers shared by builders, pipeline and export."""
+"""tfds_builders/features.py: the signal helpers shared by builders, pipeline and export."""
 import numpy as np
 import pytest
 import scipy.signal
 
-from merjax import features
+from tfds_builders import features
 
 
 def test_derive_rate_is_samples_per_label_second():

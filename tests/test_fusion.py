@@ -1,6 +1,5 @@
 """Fusion transformer: shapes for feature and raw inputs, masking, modality dropout, sharding."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx

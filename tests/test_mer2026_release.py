@@ -11,6 +11,7 @@ from tfds_builders.mer2026 import (PREFERENCES, TRACK1_LABELS, Mer2026Release, R
                                    check_feature_dims, csvs, demo, index_media, locate_release,
                                    read_feature, read_openface, read_wav, sample_faces,
                                    string_to_list, write_demo_release)
+from tfds_builders.mer2026.release import feature_frames
 
 # Tiny but with 4 train clips per class, so held-out checks have something to hold out.
 TINY = dict(scale=0.25, num_track1_train=24)
@@ -315,6 +316,27 @@ def test_feature_file_with_other_dimension_is_named(tmp_path):
     np.save(folder / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(ReleaseError, match="obj.npy: expected a feature array in .npy format"):
         read_feature(folder / "obj.npy")  # never unpickled
+
+
+def test_empty_feature_entries_have_no_frames_and_no_say_in_the_folder_dim(tmp_path):
+    """MERTools would average a (0, D) feature to NaN: feature_frames finds such entries from
+    their headers, and check_feature_dims takes the folder's D from the others."""
+    folder = tmp_path / "chinese-hubert-base-UTT"
+    folder.mkdir()
+    np.save(folder / "s1.npy", np.zeros(768, np.float32))
+    np.save(folder / "s2.npy", np.zeros((5, 1, 768), np.float32))
+    np.save(folder / "s3.npy", np.zeros((0, 512), np.float32))  # empty: not a D=512 outlier
+    np.save(folder / "s4.npy", np.zeros(0, np.float32))
+    (folder / "s5").mkdir()                                     # a frame folder, no frames
+    (folder / "s6").mkdir()
+    for i in range(3):
+        np.save(folder / "s6" / f"{i:03d}.npy", np.zeros((1, 768), np.float32))
+    frames = {n: feature_frames(folder / n) for n in ("s1.npy", "s2.npy", "s3.npy", "s4.npy",
+                                                      "s5", "s6")}
+    assert frames == {"s1.npy": 1, "s2.npy": 5, "s3.npy": 0, "s4.npy": 0, "s5": 0, "s6": 3}
+    assert check_feature_dims(folder) == 768
+    with pytest.raises(ReleaseError, match=r"found only empty ones \(3, e\.g\. .*s3"):
+        check_feature_dims(folder, ["s3", "s4", "s5"])
 
 
 def test_corrupt_or_wrong_wav(tmp_path):

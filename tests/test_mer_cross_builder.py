@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from merjax import features
-from tfds_builders import prepare
+from merjax.data import prepare
+from tfds_builders import features
 from tfds_builders.mer2026 import TRACK1_LABELS, ReleaseError, demo, write_demo_release
 from tfds_builders.mer_cross import mer_cross_dataset_builder as mc
 
@@ -41,7 +41,7 @@ def build(tmp_path_factory):
     def _build(root, config):
         key = (str(root), config.name)
         if key not in done:
-            done[key] = prepare.prepare(mc.Builder, config, manual_dir=root, num_shards=2,
+            done[key] = prepare.build(mc.Builder, config, manual_dir=root, num_shards=2,
                                         data_dir=tmp_path_factory.mktemp("tfds"))
         return done[key]
     return _build
@@ -80,7 +80,7 @@ def _build_fails(root, config, tmp_path, match):
     """The build raises ReleaseError matching every pattern, before any record is written."""
     data_dir = tmp_path / "tfds_fail"
     with pytest.raises(ReleaseError) as err:
-        prepare.prepare(mc.Builder, config, manual_dir=root, data_dir=data_dir, num_shards=2)
+        prepare.build(mc.Builder, config, manual_dir=root, data_dir=data_dir, num_shards=2)
     for pattern in match:
         assert pattern in str(err.value), (pattern, str(err.value))
     assert not list(data_dir.rglob("*.array_record*"))
@@ -155,10 +155,16 @@ def test_frame_features_are_adjacent_averages_of_at_most_max_frames(roots, recor
                 size = -(-t // 12)
                 bounds = list(range(t, 0, -size))[::-1]
                 expected = np.stack([x[max(0, b - size):b].mean(0) for b in bounds])
-            assert ex["audio"].dtype == np.float32 and ex["audio"].shape[0] <= 12
-            assert ex["audio"].shape == expected.shape, (t, ex["audio"].shape)
-            np.testing.assert_allclose(ex["audio"], expected, rtol=1e-5, atol=1e-6)
-            assert ex["text"].shape == (1, 1024) and ex["video"].shape == (1, 768)
+            # Fixed (max_frames, D), zero-padded at the end; the length counts the real frames.
+            assert ex["audio"].dtype == np.float32 and ex["audio"].shape == (12, 768)
+            assert ex["audio_length"] == len(expected) <= 12, (t, ex["audio_length"])
+            np.testing.assert_allclose(ex["audio"][:len(expected)], expected, rtol=1e-5,
+                                       atol=1e-6)
+            assert not ex["audio"][len(expected):].any()
+            # utterance-level folders at the frame level: one real frame, then zeros
+            assert ex["text"].shape == (12, 1024) and ex["video"].shape == (12, 768)
+            assert ex["text_length"] == ex["video_length"] == 1
+            assert ex["text"][0].any() and not ex["text"][1:].any()
     assert min(lengths) <= 12 < max(lengths)          # both branches exercised
 
 
@@ -171,8 +177,10 @@ def test_raw_audio_is_log_mel_of_the_centre_cropped_wav(roots, records):
     for split in SPLITS:
         for name, ex in recs[split].items():
             n = sf.info(str(roots[0] / "audio" / f"{name}.wav")).frames
-            assert ex["audio"].dtype == np.float32
-            assert ex["audio"].shape == (1 + min(n, 24000) // 160, 80)
+            # (1 + 1.5 s * 100, 80) for every clip; audio_length counts the real frames
+            assert ex["audio"].dtype == np.float32 and ex["audio"].shape == (151, 80)
+            assert ex["audio_length"] == 1 + min(n, 24000) // 160
+            assert not ex["audio"][ex["audio_length"]:].any()
             cropped += n > 24000
     assert 0 < cropped < 16
     long_name = next(n for n in recs["train"]
@@ -183,7 +191,8 @@ def test_raw_audio_is_log_mel_of_the_centre_cropped_wav(roots, records):
         start = max(0, (len(wave) - 24000) // 2)
         expected = _log_mel_reference(wave[start:start + 24000])
         split = "train" if name in recs["train"] else "candidates"
-        np.testing.assert_allclose(recs[split][name]["audio"], expected, atol=2e-3)
+        np.testing.assert_allclose(recs[split][name]["audio"][:len(expected)], expected,
+                                   atol=2e-3)
 
 
 def test_raw_faces_are_rgb_at_the_sampled_indices(roots, records):
@@ -196,6 +205,7 @@ def test_raw_faces_are_rgb_at_the_sampled_indices(roots, records):
             seen.add(t < 5)
             idx = [min(t - 1, int((k + 0.5) * t / 5)) for k in range(5)]
             assert ex["faces"].shape == (5, 112, 112, 3) and ex["faces"].dtype == np.uint8
+            assert ex["faces_length"] == 5
             np.testing.assert_array_equal(ex["faces"], bgr[idx][..., ::-1])
             # 48 px: area resize keeps each channel's mean (8 faces, indices of 8 segments)
             faces48 = small[split][name]["faces"]
@@ -215,6 +225,9 @@ def test_raw_text_is_the_chinese_subtitle_cut_on_a_character_boundary(roots, rec
             full, text = subs[name].encode(), ex["text"]
             assert full.startswith(text) and len(text) <= 44
             text.decode("utf-8")                       # never half a character
+            assert ex["text_bytes"].shape == (44,) and ex["text_length"] == len(text)
+            assert ex["text_bytes"][:len(text)].tobytes() == text
+            assert not ex["text_bytes"][len(text):].any()
             if len(full) > 44:
                 cut += 1
                 assert len(text) > 44 - 3              # the longest whole-character prefix
@@ -240,10 +253,19 @@ def test_metadata(roots, build):
     assert meta["feature_dirs"] == dict(zip(mc.ROLES, mc.FEATURE_DIRS))
     assert meta["label_names"] == list(TRACK1_LABELS)
     assert meta["counts"] == meta["csv_rows"] == {"train": 12, "candidates": 4}
-    assert meta["skipped"] == {"train": {}, "candidates": {}}
+    assert meta["on_missing"] == "error" and meta["inputs"] == ["audio", "text", "video"]
+    assert meta["missing"] == {"train": {}, "candidates": {}}
+    assert meta["num_missing"] == {s: {"audio": 0, "text": 0, "video": 0} for s in SPLITS}
+    assert meta["no_input"] == {"train": [], "candidates": []}
+    assert meta["num_no_input"] == {"train": 0, "candidates": 0}
+    labels = [r["discrete"] for r in _csv(roots[0] / "track1_train.csv")]
+    assert meta["train_label_counts"] == {k: labels.count(k) for k in TRACK1_LABELS}
+    counts = [labels.count(k) for k in TRACK1_LABELS]
+    assert meta["majority_label"] == counts.index(max(counts))  # first of the most frequent
     raw = build(roots[0], RAW).info.metadata
     assert raw["input_kind"] == "raw" and raw["features_root"] is None
     assert raw["audio"]["max_audio_s"] == 1.5 and raw["audio"]["hop_length"] == 160
+    assert raw["inputs"] == ["audio", "faces", "text"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -277,46 +299,155 @@ def test_release_kind_mismatch(roots, broken, tmp_path):
     _build_fails(broken, UTT, tmp_path, ["expected a generated demo release", "found none"])
 
 
-def test_missing_files_error_or_are_skipped_and_counted(broken, tmp_path):
-    train = [r["name"] for r in _csv(broken / "track1_train.csv")]
-    cands = [r["name"] for r in _csv(broken / "track1_track2_candidate.csv")]
+def _skip(config):
+    """The same config with on_missing='skip'."""
+    fields = ("input_kind", "release", "max_audio_s", "max_text_bytes")
+    return mc.make_config(**{f: getattr(config, f) for f in fields}, on_missing="skip")
+
+
+def _examples(builder, split):
+    source = builder.as_data_source(split)
+    return {source[i]["name"].decode(): source[i] for i in range(len(source))}
+
+
+def _names(root):
+    return ([r["name"] for r in _csv(root / "track1_train.csv")],
+            [r["name"] for r in _csv(root / "track1_track2_candidate.csv")])
+
+
+def _drop_subtitles(root, names):
+    rows = [r for r in _csv(root / "subtitle_chieng.csv") if r["name"] not in names]
+    with open(root / "subtitle_chieng.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, ["name", "chinese", "english"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_missing_files_are_errors_or_zeros_with_length_0(broken, tmp_path):
+    train, cands = _names(broken)
     (broken / "audio" / f"{train[3]}.wav").unlink()
     np.save(broken / "openface_face" / cands[1] / f"{cands[1]}.npy",
             np.zeros((0, 112, 112, 3), np.uint8))
     (broken / "features" / CLIP / f"{cands[2]}.npy").unlink()
 
-    _build_fails(broken, RAW, tmp_path, [f"audio: 1 of 16 names missing", str(broken / "audio"),
+    _build_fails(broken, RAW, tmp_path, ["audio: 1 of 16 names missing", str(broken / "audio"),
                                          train[3]])
     message = _build_fails(broken, UTT, tmp_path, [f"features/{CLIP}: 1 of 16 names missing",
                                                    str(broken / "features" / CLIP), cands[2]])
     assert train[3] not in message
     # the wav is missing first; once restored, the empty face npy is the next error
     shutil.copy(broken / "audio" / f"{train[4]}.wav", broken / "audio" / f"{train[3]}.wav")
-    _build_fails(broken, RAW, tmp_path, ["found 1 of 16 names with T=0", cands[1]])
+    _build_fails(broken, RAW, tmp_path, ["found 1 of 16 names with T=0", cands[1],
+                                         "on_missing=skip"])
     (broken / "audio" / f"{train[3]}.wav").unlink()
 
-    raw = prepare.prepare(mc.Builder, mc.make_config(**{**_fields(RAW), "on_missing": "skip"}),
-                          manual_dir=broken, data_dir=tmp_path / "raw", num_shards=2)
+    # skip: every CSV row is written; the missing input is zeros with length 0
+    raw = prepare.build(mc.Builder, _skip(RAW), manual_dir=broken, data_dir=tmp_path / "raw",
+                        num_shards=2)
     meta = raw.info.metadata
-    assert meta["skipped"] == {"train": {train[3]: ["audio"]},
-                               "candidates": {cands[1]: [mc.NO_FACES]}}
-    assert meta["counts"] == {"train": 11, "candidates": 3}
-    assert meta["num_skipped"] == {"train": 1, "candidates": 1}
-    source = raw.as_data_source("train")
-    assert len(source) == 11
-    kept = {source[i]["name"].decode(): source[i]["index"] for i in range(len(source))}
-    assert kept == {n: i for i, n in enumerate(train) if i != 3}   # CSV row indices kept
+    assert meta["missing"] == {"train": {train[3]: {"audio": mc.NO_FILE}},
+                               "candidates": {cands[1]: {"faces": mc.EMPTY_FILE}}}
+    assert meta["num_missing"] == {"train": {"audio": 1, "faces": 0, "text": 0},
+                                   "candidates": {"audio": 0, "faces": 1, "text": 0}}
+    assert meta["num_no_input"] == {"train": 0, "candidates": 0}
+    assert meta["counts"] == meta["csv_rows"] == {"train": 12, "candidates": 4}
+    recs = {split: _examples(raw, split) for split in SPLITS}
+    assert {n: ex["index"] for n, ex in recs["train"].items()} == {n: i for i, n in
+                                                                  enumerate(train)}
+    assert sorted(ex["index"] for ex in recs["candidates"].values()) == [0, 1, 2, 3]
+    silent, faceless = recs["train"][train[3]], recs["candidates"][cands[1]]
+    assert silent["audio"].shape == (151, 80) and silent["audio_length"] == 0
+    assert not silent["audio"].any()
+    assert silent["faces_length"] == 8 and silent["faces"].any() and silent["text_length"] > 0
+    assert faceless["faces"].shape == (8, 48, 48, 3) and faceless["faces_length"] == 0
+    assert not faceless["faces"].any() and faceless["audio_length"] > 0
+    for split in SPLITS:
+        for name, ex in recs[split].items():
+            if name not in (train[3], cands[1]):
+                assert ex["audio_length"] > 0 and ex["faces_length"] == 8, name
 
-    feats = prepare.prepare(mc.Builder, mc.make_config(release="demo", on_missing="skip"),
-                            manual_dir=broken, data_dir=tmp_path / "feats", num_shards=2)
-    assert feats.info.metadata["skipped"] == {"train": {},
-                                              "candidates": {cands[2]: [f"features/{CLIP}"]}}
-    assert feats.info.splits["candidates"].num_examples == 3
+    feats = prepare.build(mc.Builder, _skip(UTT), manual_dir=broken,
+                          data_dir=tmp_path / "feats", num_shards=2)
+    assert feats.info.metadata["missing"] == {"train": {},
+                                              "candidates": {cands[2]: {"video": mc.NO_FILE}}}
+    blind = _examples(feats, "candidates")[cands[2]]
+    assert feats.info.splits["candidates"].num_examples == 4
+    assert blind["video"].shape == (1, 768) and not blind["video"].any()
+    assert (blind["audio_length"], blind["text_length"], blind["video_length"]) == (1, 1, 0)
+    assert blind["audio"].any() and blind["text"].any()
 
 
-def _fields(config):
-    return {f: getattr(config, f) for f in ("input_kind", "release", "max_audio_s",
-                                             "max_text_bytes")}
+def test_clip_without_any_input_is_written_with_every_length_0(broken, tmp_path):
+    train, cands = _names(broken)
+    lost = (train[0], cands[3])
+    for name in lost:
+        (broken / "audio" / f"{name}.wav").unlink()
+        shutil.rmtree(broken / "openface_face" / name)
+        for folder in mc.FEATURE_DIRS:
+            (broken / "features" / folder / f"{name}.npy").unlink()
+    _drop_subtitles(broken, lost)
+    for config, why in ((RAW, {"audio": mc.NO_FILE, "faces": mc.NO_FILE,
+                               "text": mc.NO_SUBTITLE}),
+                        (UTT, {role: mc.NO_FILE for role in mc.ROLES})):
+        message = _build_fails(broken, config, tmp_path, ["2 name(s) with something missing"])
+        assert train[0] in message and cands[3] in message
+        builder = prepare.build(mc.Builder, _skip(config), manual_dir=broken,
+                                data_dir=tmp_path / config.input_kind, num_shards=2)
+        meta = builder.info.metadata
+        assert meta["no_input"] == {"train": [train[0]], "candidates": [cands[3]]}
+        assert meta["num_no_input"] == {"train": 1, "candidates": 1}
+        assert meta["missing"] == {"train": {train[0]: why}, "candidates": {cands[3]: why}}
+        assert meta["counts"] == {"train": 12, "candidates": 4}
+        for split, name in (("train", train[0]), ("candidates", cands[3])):
+            ex = _examples(builder, split)[name]
+            assert [ex[f"{k}_length"] for k in meta["inputs"]] == [0, 0, 0]
+            arrays = ["audio", "faces", "text_bytes"] if config is RAW else list(mc.ROLES)
+            assert not any(ex[k].any() for k in arrays), name
+        if config is RAW:
+            assert _examples(builder, "candidates")[cands[3]]["text"] == b""
+
+
+def test_empty_inputs_are_missing_inputs(broken, tmp_path):
+    """A (0, D) feature or an empty <name>/ frame folder would average to NaN; an empty wav
+    has nothing to hear: each is a missing input, never a record of NaNs or silence."""
+    train, _ = _names(broken)
+    hubert = broken / "features" / HUBERT / f"{train[1]}.npy"
+    np.save(hubert, np.zeros((0, 768), np.float32))
+    (broken / "features" / BERT / f"{train[2]}.npy").unlink()
+    frames = broken / "features" / BERT / train[2]
+    frames.mkdir()
+    _build_fails(broken, UTT, tmp_path, [str(hubert), str(frames), "2 empty one(s) (T = 0",
+                                         "on_missing=skip"])
+    feats = prepare.build(mc.Builder, _skip(UTT), manual_dir=broken,
+                          data_dir=tmp_path / "feats", num_shards=2)
+    assert feats.info.metadata["missing"]["train"] == {train[1]: {"audio": mc.EMPTY_FILE},
+                                                       train[2]: {"text": mc.EMPTY_FILE}}
+    recs = _examples(feats, "train")
+    assert recs[train[1]]["audio_length"] == 0 and not recs[train[1]]["audio"].any()
+    assert recs[train[2]]["text_length"] == 0 and not recs[train[2]]["text"].any()
+    assert all(np.isfinite(ex[r]).all() for ex in recs.values() for r in mc.ROLES)
+
+    wav = broken / "audio" / f"{train[5]}.wav"
+    sf.write(str(wav), np.zeros(0, np.float32), 16000)
+    _build_fails(broken, RAW, tmp_path, ["found 1 of 16 names with 0 samples", str(wav)])
+    raw = prepare.build(mc.Builder, _skip(RAW), manual_dir=broken, data_dir=tmp_path / "raw",
+                        num_shards=2)
+    assert raw.info.metadata["missing"]["train"] == {train[5]: {"audio": mc.EMPTY_FILE}}
+    assert _examples(raw, "train")[train[5]]["audio_length"] == 0
+
+
+def test_skip_never_hides_a_whole_missing_source(broken, tmp_path):
+    train, _ = _names(broken)
+    for name in train:  # no train clip has any feature: nothing to train on
+        for folder in mc.FEATURE_DIRS:
+            (broken / "features" / folder / f"{name}.npy").unlink()
+    _build_fails(broken, _skip(UTT), tmp_path, [str(broken / "track1_train.csv"),
+                                                "every one of the 12 train clips misses every "
+                                                "input"])
+    shutil.rmtree(broken / "features" / CLIP)  # a misnamed folder: no name has it
+    _build_fails(broken, _skip(UTT), tmp_path, [str(broken / "features" / CLIP),
+                                                f"expected features/{CLIP} for at least some "
+                                                f"of the 16 names, found none"])
 
 
 def test_feature_dim_outlier_and_config_dims_mismatch(roots, broken, tmp_path):
@@ -347,7 +478,7 @@ def test_corrupt_npy(broken, tmp_path):
     faces = broken / "openface_face" / name / f"{name}.npy"
     faces.write_bytes(faces.read_bytes()[:-1000])
     _build_fails(broken, RAW, tmp_path, [str(faces), "found a truncated file",
-                                         f"bytes for shape"])
+                                         "bytes for shape"])
 
 
 def test_empty_subtitle_builds_as_empty_text(broken, tmp_path):
@@ -357,7 +488,7 @@ def test_empty_subtitle_builds_as_empty_text(broken, tmp_path):
         writer = csv.DictWriter(f, ["name", "chinese", "english"])
         writer.writeheader()
         writer.writerows({**r, "chinese": ""} if r["name"] == name else r for r in rows)
-    builder = prepare.prepare(mc.Builder, RAW, manual_dir=broken, data_dir=tmp_path / "t",
+    builder = prepare.build(mc.Builder, RAW, manual_dir=broken, data_dir=tmp_path / "t",
                               num_shards=2)
     source = builder.as_data_source("train")
     texts = {source[i]["name"].decode(): source[i]["text"] for i in range(len(source))}
@@ -365,7 +496,7 @@ def test_empty_subtitle_builds_as_empty_text(broken, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
-# Feature helpers (merjax.features)
+# Feature helpers (tfds_builders.features)
 
 def test_feature_helpers():
     t = np.arange(16000) / 16000

@@ -1,7 +1,8 @@
 """MER-PS (track 4): release reader/validator, demo release and the TFDS builder.
 
 Expected values are recomputed here straight from the .mat/.csv files with scipy/numpy, not
-through merjax.features, so that the builder is checked against the layout, not against itself.
+through tfds_builders.features, so that the builder is checked against the layout, not against
+itself.
 """
 import csv
 import hashlib
@@ -13,7 +14,7 @@ import pytest
 import scipy.io
 import scipy.signal
 
-from tfds_builders import prepare
+from merjax.data import prepare
 from tfds_builders.mer_ps import demo
 from tfds_builders.mer_ps import mer_ps_dataset_builder as mps
 from tfds_builders.mer_ps import release
@@ -30,8 +31,8 @@ def _config(**fields):
 
 
 def _build(root, data_dir, config=None):
-    return prepare.prepare(mps.Builder, config or _config(), manual_dir=root, data_dir=data_dir,
-                           num_shards=2)
+    return prepare.build(mps.Builder, config or _config(), manual_dir=root, data_dir=data_dir,
+                         num_shards=2)
 
 
 def _records(builder, split):
@@ -181,19 +182,82 @@ def test_eeg_rate_is_derived_from_the_arrays(demo_1000, built_250, tmp_path):
     np.testing.assert_allclose(stored, expected, rtol=1e-5, atol=1e-4)
 
 
-def test_prior_is_the_train_mean_per_video_second(demo_250, built_250, records_250):
+def test_prior_leaves_the_training_subject_out(demo_250, built_250, records_250):
     labels = {(s, v): _labels(demo_250, s, v) for s in TRAIN + VALIDATION for v in VIDEOS}
     table = built_250.info.metadata["label_prior"]
+    other = {"test_1": "test_2", "test_2": "test_1"}     # two training subjects: LOSO = the other
     leaky = 0
     for split in SPLITS:
         for ex in records_250[split].values():
-            v, i = ex["video"], ex["second"]
+            subject, v, i = ex["subject"].decode(), ex["video"], ex["second"]
             train_mean = np.mean([labels[s, v][:, i] for s in TRAIN], axis=0)
-            np.testing.assert_allclose(ex["prior"], train_mean, rtol=1e-6)
             np.testing.assert_allclose(table["per_second"][str(v)][i], train_mean)
+            if split == "train":
+                np.testing.assert_array_equal(ex["prior"], labels[other[subject], v][:, i])
+            else:
+                np.testing.assert_allclose(ex["prior"], train_mean, rtol=1e-6)
             all_mean = np.mean([labels[s, v][:, i] for s in TRAIN + VALIDATION], axis=0)
             leaky += not np.allclose(all_mean, train_mean)
     assert leaky > 50     # so the equality above really tells train-only from all subjects
+    assert built_250.info.metadata["prior_rule"].startswith(
+        "train examples: mean over the other training subjects (leave-one-subject-out)")
+
+
+def _hand_labels(k, video, second):
+    """Labels of subject test_k chosen so that every prior below is a short sum by hand."""
+    return 10 * k + video + 50 * second, 10 + 15 * k * k + second
+
+
+@pytest.fixture(scope="module")
+def hand_release(tmp_path_factory):
+    """4 subjects with the labels of `_hand_labels` (2 s per video)."""
+    root = demo.write_demo_release(tmp_path_factory.mktemp("hand"), num_subjects=4,
+                                   seconds=(2, 2), eeg_rate_hz=100)
+    for k in range(1, 5):
+        _resave(root / "annotations" / f"test_{k}_label.mat",
+                {f"video_{v}": np.array([_hand_labels(k, v, i) for i in range(2)], float).T
+                 for v in VIDEOS})
+    return root
+
+
+def test_prior_by_hand(hand_release, tmp_path):
+    config = mps.make_config(release="demo", train_subjects=("test_1", "test_2", "test_3"),
+                             validation_subjects=("test_4",))
+    built = _build(hand_release, tmp_path, config)
+    # valence 10k + v + 50i: the others' mean of 10k is 25, 20, 15 for k = 1, 2, 3 and 20 over
+    # all three; arousal 10 + 15k^2 + i: others' 15k^2 are (60+135)/2, (15+135)/2, (15+60)/2
+    # and (15+60+135)/3 = 70 over all three.
+    expected = {"test_1": (25, 107.5), "test_2": (20, 85.0), "test_3": (15, 47.5),
+                "test_4": (20, 80.0)}
+    for split in SPLITS:
+        records = _records(built, split)[0]
+        assert len(records) == 30 * (3 if split == "train" else 1)
+        for ex in records.values():
+            val, aro = expected[ex["subject"].decode()]
+            v, i = int(ex["video"]), int(ex["second"])
+            np.testing.assert_array_equal(ex["prior"],
+                                          np.float32([val + v + 50 * i, aro + i]))
+    table = built.info.metadata["label_prior"]
+    assert table["per_second"]["7"] == [[27.0, 80.0], [77.0, 81.0]]   # all training subjects
+    assert table["global"] == [20 + 8 + 25, 80.5]
+
+
+def test_prior_with_one_training_subject(hand_release, tmp_path, caplog):
+    caplog.set_level("WARNING", logger="absl")
+    config = mps.make_config(release="demo", train_subjects=("test_2",),
+                             validation_subjects=("test_1",))
+    built = _build(hand_release, tmp_path, config)
+    for split in SPLITS:
+        for ex in _records(built, split)[0].values():   # both: test_2's own labels
+            np.testing.assert_array_equal(
+                ex["prior"], np.float32(_hand_labels(2, int(ex["video"]), int(ex["second"]))))
+    warnings = [r.getMessage() for r in caplog.records if "one training subject" in r.getMessage()]
+    assert warnings == [
+        "MER-PS: one training subject (test_2): the leave-one-subject-out prior is undefined, so "
+        "its training examples get the prior of all training subjects, which is their own label "
+        "(no residual left to learn). Use two or more training subjects"]
+    assert built.info.metadata["prior_rule"].startswith(
+        "train examples: the one training subject's own labels")
 
 
 def test_validation_labels_do_not_reach_the_prior(demo_250, records_250, tmp_path):
@@ -305,6 +369,175 @@ def test_demo_labels_are_carried_by_the_signals(demo_250):
 
 
 # ------------------------------------------------------------------------------------------------
+# Side files, the fNIRS_reservations.csv check, the load log
+
+# Written out rather than taken from release.py, so that the contract is pinned here.
+OPTIONAL = ("README.md", "Metadata.csv", "SAM_score.csv", "PANAS_score.csv",
+            "fNIRS_coordinates.csv")
+
+
+@pytest.mark.parametrize("missing", OPTIONAL + ("all",))
+def test_optional_side_files_may_be_missing(demo_250, missing, tmp_path, caplog):
+    caplog.set_level("WARNING", logger="absl")
+    root = pathlib.Path(shutil.copytree(demo_250, tmp_path / "release"))
+    gone = OPTIONAL if missing == "all" else (missing,)
+    for name in gone:
+        (root / name).unlink()
+    built = _build(root, tmp_path / "tfds")
+    assert built.info.splits["train"].num_examples == 60
+    assert built.info.splits["validation"].num_examples == 30
+    assert built.info.metadata["missing_side_files"] == list(gone)
+    lines = [r.getMessage() for r in caplog.records if "side files not present" in r.getMessage()]
+    assert lines == [f"MER-PS release at {root}: side files not present: {', '.join(gone)} (the "
+                     "builder does not read them; building without them)"]
+
+
+def test_a_complete_release_logs_no_missing_side_file(built_250):
+    assert built_250.info.metadata["missing_side_files"] == []
+
+
+@pytest.mark.parametrize("name,purpose", [
+    ("fNIRS_reservations.csv", "the per-subject fNIRS channel mask"),
+    ("Targeted_emotions.txt", "the videos' emotion codes, recorded in the dataset metadata"),
+])
+def test_required_side_files(demo_250, name, purpose, tmp_path):
+    root = pathlib.Path(shutil.copytree(demo_250, tmp_path / "release"))
+    (root / name).unlink()
+    with pytest.raises(ReleaseError) as err:
+        _build(root, tmp_path / "tfds")
+    assert str(err.value) == (f"{root / name}: required side file missing (the builder reads it "
+                              f"for {purpose})")
+    assert not (tmp_path / "tfds" / "mer_ps").exists()   # a failed build leaves nothing behind
+
+
+@pytest.mark.parametrize("path", ["data/test_2/fNIRS_videos.mat", "annotations/test_3_label.mat"])
+def test_required_signal_and_label_files(demo_250, path, tmp_path):
+    root = pathlib.Path(shutil.copytree(demo_250, tmp_path / "release"))
+    (root / path).unlink()
+    subject = path.split("/")[1].removesuffix("_label.mat")
+    with pytest.raises(ReleaseError) as err:
+        _build(root, tmp_path / "tfds")
+    assert str(err.value) == f"{root / path}: file missing for requested subject '{subject}'"
+
+
+def _hbo_variance(root, subject):
+    """[51] per channel: HbO variance within each trial's video segment, mean over trials."""
+    videos = scipy.io.loadmat(str(root / "data" / subject / "fNIRS_videos.mat"))
+    return np.mean([videos[f"video_{v}"][0].astype(np.float64).var(axis=1) for v in VIDEOS],
+                   axis=0)
+
+
+def test_reservation_check_of_a_sound_release(demo_250, built_250):
+    checks = built_250.info.metadata["reservation_check"]
+    assert set(checks) == set(TRAIN + VALIDATION)
+    for subject, check in checks.items():
+        kept, var = _kept_channels(demo_250, subject), _hbo_variance(demo_250, subject)
+        assert (check["kept"]["channels"], check["marked"]["channels"]) == (
+            kept.sum(), 51 - kept.sum())
+        np.testing.assert_allclose(check["kept"]["median_hbo_variance"], np.median(var[kept]),
+                                   rtol=1e-9)
+        np.testing.assert_allclose(check["marked"]["median_hbo_variance"], np.median(var[~kept]),
+                                   rtol=1e-9)
+        assert check["marked"]["median_hbo_variance"] > 1e5 * check["kept"]["median_hbo_variance"]
+        assert not check["suspect"]
+
+
+def test_inverted_reservations_are_warned(demo_250, tmp_path, caplog):
+    """0s on the clean channels and 1s on the demo's junk ones: the marked ones look cleaner."""
+    caplog.set_level("WARNING", logger="absl")
+    root = pathlib.Path(shutil.copytree(demo_250, tmp_path / "release"))
+    path = root / "fNIRS_reservations.csv"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:1] + [",".join([row.split(",")[0]] + [
+        str(1 - int(c)) for c in row.split(",")[1:]]) for row in lines[1:]]) + "\n")
+    built = _build(root, tmp_path / "tfds")       # the junk is finite: the build goes through
+    for subject in TRAIN + VALIDATION:
+        kept, var = _kept_channels(root, subject), _hbo_variance(root, subject)
+        check = built.info.metadata["reservation_check"][subject]
+        assert check["suspect"] and check["kept"]["channels"] == kept.sum() <= 4
+        np.testing.assert_allclose(check["marked"]["median_hbo_variance"], np.median(var[~kept]),
+                                   rtol=1e-9)
+        assert check["marked"]["median_hbo_variance"] < check["kept"]["median_hbo_variance"] / 3
+        warned = [r.getMessage() for r in caplog.records
+                  if r.levelname == "WARNING" and r.getMessage().startswith(f"MER-PS: {subject}:")]
+        assert len(warned) == 1
+        assert warned[0].startswith(
+            f"MER-PS: {subject}: the fNIRS channels that {path} marks 0 (bad) look cleaner than "
+            f"the ones marked 1 (kept): {51 - kept.sum()} marked 0 vs {kept.sum()} kept: median "
+            f"HbO variance {np.median(var[~kept]):.3g} vs {np.median(var[kept]):.3g}")
+        assert "the 0/1 meaning is inverted" in warned[0]
+
+
+def _fnirs_trials(rng, junk):
+    """One subject's fNIRS files as `reservation_check` takes them: clean channels 0-45, the
+    channels 46-50 filled by `junk(trial)` ([6, 5, T])."""
+    videos, baselines = {}, {}
+    for v in (1, 2):
+        x = rng.normal(0.0, 1.0, (6, 51, 200))
+        x[:, 46:] = junk(v)
+        videos[f"video_{v}"], baselines[f"video_{v}"] = x, rng.normal(0.0, 1.0, (6, 51, 50))
+    return videos, baselines
+
+
+@pytest.mark.parametrize("junk,mark_junk,suspect", [
+    ("noisy", True, False), ("noisy", False, True),
+    ("flat", True, False), ("flat", False, True),      # flat is bad, never "clean"
+    ("nan", True, False), ("nan", False, True),
+    ("noisy_and_a_stray_nan", True, False),     # one NaN in a good channel is no alarm
+])
+def test_reservation_check_rules(junk, mark_junk, suspect):
+    rng = np.random.default_rng(0)
+    odd = np.arange(200) % 2 == 1
+    fill = {"noisy": lambda v: rng.normal(0.0, 100.0, (6, 5, 200)),
+            "flat": lambda v: np.full((6, 5, 200), 7.0 * v),
+            "nan": lambda v: np.where(odd, np.nan, rng.normal(0.0, 1.0, (6, 5, 200)))}
+    fill["noisy_and_a_stray_nan"] = fill["noisy"]
+    videos, baselines = _fnirs_trials(rng, fill[junk])
+    if junk == "noisy_and_a_stray_nan":
+        videos["video_1"][3, 0, 17] = np.nan          # an absorbance sample of clean channel 0
+    junk_channels = np.arange(51) >= 46
+    kept = ~junk_channels if mark_junk else junk_channels   # mark_junk False: the inverted file
+    check = release.reservation_check(videos, baselines, kept)
+    assert check["suspect"] is suspect
+    bad, clean = ((check["marked"], check["kept"]) if mark_junk
+                  else (check["kept"], check["marked"]))
+    assert (bad["channels"], clean["channels"]) == (5, 46)
+    assert bad["nonfinite_values"] == (6 * 5 * 100 * 2 if junk == "nan" else 0)  # 2 trials
+    assert bad["nonfinite_channels"] == (5 if junk == "nan" else 0)
+    assert bad["flat_channels"] == (5 if junk == "flat" else 0)
+    stray = int(junk == "noisy_and_a_stray_nan")
+    assert (clean["nonfinite_values"], clean["nonfinite_channels"]) == (stray, stray)
+    assert clean["flat_channels"] == 0
+    assert 0.8 < clean["median_hbo_variance"] < 1.2
+    if junk.startswith("noisy"):
+        assert bad["median_hbo_variance"] > 5000
+    elif junk == "flat":
+        assert bad["median_hbo_variance"] is None     # no channel left that is not flat
+    else:
+        assert 0.7 < bad["median_hbo_variance"] < 1.3  # NaNs skipped, not propagated
+
+
+def test_load_log_is_one_info_summary(demo_250, caplog):
+    caplog.set_level("DEBUG", logger="absl")
+    inventory = _check(demo_250, TRAIN + VALIDATION)
+    caplog.clear()
+    release.load_subjects(inventory, eeg_rate_hz=64, fnirs_bins=2, fnirs_types=(0,))
+    per_subject = [r for r in caplog.records if " loaded in " in r.getMessage()]
+    assert sorted(r.getMessage().split()[1] for r in per_subject) == sorted(TRAIN + VALIDATION)
+    assert {r.levelname for r in per_subject} == {"DEBUG"}
+    info = [r.getMessage() for r in caplog.records if r.levelname == "INFO"]
+    assert len(info) == 2
+    bad = sum(int((~_kept_channels(demo_250, s)).sum()) for s in TRAIN + VALIDATION)
+    load, check = info
+    assert load.startswith("MER-PS: loaded 3 subjects in ")
+    assert load.endswith(f" s: 45 trials, 90 label seconds, {bad} bad fNIRS channels zeroed "
+                         "(0 non-finite values in them)")
+    assert check.startswith("MER-PS: fNIRS_reservations.csv check (0 = marked bad, 1 = kept): "
+                            "3 of 3 subjects have both kinds of channel, 0 look inverted []")
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+# ------------------------------------------------------------------------------------------------
 # Bad input: each error names the file (and variable/row/column), what was expected and found
 
 def test_missing_manual_dir(tmp_path, demo_250):
@@ -404,6 +637,10 @@ def test_nonfinite_junk_in_a_bad_channel_is_zeroed(broken):
                                   fnirs_types=(0, 1, 2))
     assert np.isfinite(loaded.trials[1].fnirs).all()
     np.testing.assert_array_equal(loaded.trials[1].fnirs[..., bad], 0)
+    check = loaded.reservation_check     # 6 types x the trial's samples, all in a marked channel
+    assert (check["marked"]["nonfinite_values"], check["kept"]["nonfinite_values"]) == (
+        6 * x.shape[2], 0)
+    assert not check["suspect"]
 
 
 @pytest.mark.parametrize("value,row,found", [(256.0, 1, "256.0"), (0.0, 0, "0.0"),

@@ -1,15 +1,16 @@
-"""Mesh resolution and sharded-vs-single-device equality of the PS model's train step."""
+"""Mesh resolution and sharded-vs-single-device equality of the loop's real train step."""
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 
 from configs import ps as ps_config
-from merjax import sharding
+from merjax import sharding, train
+from merjax.data import prepare
 from merjax.models import physio
+from merjax.tasks import ps as ps_task
 
 
 def _mesh_config(**kw):
@@ -47,41 +48,20 @@ def _batch(n=16):
 
 
 def _losses(mesh_kw, steps=3):
-    """Runs `steps` AdamW steps on one fixed batch under the given mesh; returns the losses."""
+    """Runs `steps` of the loop's own jitted train step (train.ModelState, with the PS task's
+    loss and optimizer) on one fixed batch under the given mesh; returns losses and a kernel."""
     config = ps_config.get_config("runlocal")
     config.mesh.update(mesh_kw)
+    config.model.depth = 2
     mesh = sharding.make_mesh(config.mesh)
-
-    def build():
-        model = physio.PhysioEncoder(
-            eeg_channels=64, eeg_window=256, context_s=2, fnirs_steps=8, fnirs_types=3,
-            fnirs_channels=51, width=32, depth=2, heads=2, mlp_dim=64, dropout=0.1,
-            eeg_patches_per_s=2, stats=_stats(), rngs=nnx.Rngs(params=0))
-        return model, nnx.Optimizer(model, optax.adamw(1e-2), wrt=nnx.Param)
-
-    with sharding.context(mesh, config):
-        graphdef, abstract = nnx.split(nnx.eval_shape(build))
-        shardings = nnx.get_named_sharding(abstract, mesh)
-        state = jax.jit(lambda: nnx.split(build())[1], out_shardings=shardings)()
-
-    def step(state, batch):
-        model, opt = nnx.merge(graphdef, state)
-        key = jax.random.fold_in(jax.random.key(0), opt.step[...])
-
-        def loss_fn(m):
-            pred = m(batch, train=True, rngs=nnx.Rngs(dropout=key))
-            return jnp.mean(jnp.abs(pred - physio.to_unit(batch["label"])))
-
-        loss, grads = nnx.value_and_grad(loss_fn)(model)
-        opt.update(model, grads)
-        return nnx.state((model, opt)), loss
-
-    step = jax.jit(step, out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
+    data = prepare.describe(config, ps_task)  # the dataset's shapes, nothing read or built
+    model_state = train.ModelState(config, mesh, ps_task, data, _stats())
+    state, step = model_state.init(), model_state.train_step()
     batch = sharding.to_global(_batch(), mesh, config)
     losses = []
     for _ in range(steps):
-        state, loss = step(state, batch)
-        losses.append(float(loss))
+        state, scalars = step(state, batch)
+        losses.append(float(scalars["loss"]))
     kernel = state[0]["eeg_proj"]["kernel"][...]
     return losses, kernel
 

@@ -1,11 +1,15 @@
 """The train loop end to end on a tiny demo release (configs/ps.py:runlocal).
 
 Covers: a full run writing checkpoints, metrics and the submission; kill-and-resume equality;
-sharded (2x2x2 mesh) vs one-device equality; --mode=evaluate/predict; the non-finite-loss stop.
+SIGTERM/SIGINT checkpoint-and-stop; a resumed history with every step once; sharded (2x2x2
+mesh) vs one-device equality; --mode=evaluate/predict; the non-finite-loss stop; checkpoints
+that never serve another release; the export.
 """
 import csv
 import json
+import os
 import re
+import signal
 
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +17,7 @@ import pytest
 
 from configs import ps as ps_config
 from merjax import checkpoint, train
+from merjax.data import prepare
 from merjax.tasks import ps as ps_task
 
 
@@ -71,7 +76,7 @@ def test_run_writes_checkpoints_metrics_tensorboard_and_submission(full_run):
     ids = [r[0] for r in rows[1:]]
     # runlocal validates on subject test_3: every label second exactly once, official ids.
     assert all(re.fullmatch(r"test_3_V(0[1-9]|1[0-5])_T\d{3}", i) for i in ids)
-    validation = ps_task.prepare(config, None).splits["validation"]
+    validation = prepare.prepare(config, ps_task).splits["validation"]
     expected = sorted(validation[i]["sample_id"].decode() for i in range(len(validation)))
     assert ids == expected
     values = np.array([[int(r[1]), int(r[2])] for r in rows[1:]])
@@ -135,24 +140,92 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tfds_dir, tmp_
     assert good == 10
 
     real_loss = ps_task.loss
-    monkeypatch.setattr(ps_task, "loss", lambda *a: (real_loss(*a)[0] * jnp.nan, real_loss(*a)[1]))
+    def nan_loss(model, batch, config, rngs):
+        value, aux = real_loss(model, batch, config, rngs)
+        return value * jnp.nan, aux
+
+    monkeypatch.setattr(ps_task, "loss", nan_loss)
     with pytest.raises(FloatingPointError, match=r"Non-finite loss nan at step 11.*step 10"):
         train.run(_config(tfds_dir, total_steps=20), str(tmp_path))
     assert checkpoint.Checkpointer(str(tmp_path)).all_steps() == [10]
 
 
-def test_demo_checkpoint_never_resumes_on_another_release(full_run, monkeypatch):
+@pytest.mark.parametrize("key, value", [("release", "real"), ("release_id", "0123456789ab")])
+def test_checkpoint_never_serves_another_release(full_run, monkeypatch, key, value):
     workdir, _, config = full_run
-    real_prepare = ps_task.prepare
+    real_prepare = prepare.prepare
 
-    def pretend_real(config, workdir):
-        data = real_prepare(config, workdir)
-        data.release = "real"
+    def another_release(*args, **kwargs):
+        data = real_prepare(*args, **kwargs)
+        setattr(data, key, value)
         return data
 
-    monkeypatch.setattr(ps_task, "prepare", pretend_real)
-    with pytest.raises(ValueError, match="trained on the demo release; this run uses the real"):
+    monkeypatch.setattr(prepare, "prepare", another_release)
+    with pytest.raises(ValueError, match=f"trained on {key} .*; this run uses '{value}'"):
         train.run(config, str(workdir), mode="evaluate")
+
+
+def test_sigterm_checkpoints_the_current_step_and_resume_matches(full_run, tfds_dir, tmp_path,
+                                                                  monkeypatch):
+    """A signal mid-run saves the step it arrived at (not the last periodic checkpoint), stops
+    with Stopped, and the same command resumes to the uninterrupted run's numbers; the resumed
+    metrics.jsonl holds every step once."""
+    workdir, _, config = full_run
+    real_add = train.StepLog.add
+
+    def add_then_signal(self, step, scalars):
+        real_add(self, step, scalars)
+        if step == 13:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(train.StepLog, "add", add_then_signal)
+    with pytest.raises(train.Stopped, match="stopped at step 13; rerun the same command"):
+        train.run(config, str(tmp_path))
+    monkeypatch.setattr(train.StepLog, "add", real_add)
+    assert checkpoint.Checkpointer(str(tmp_path)).latest_step() == 13
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers are put back
+
+    train.run(config, str(tmp_path))
+    assert _final_eval(tmp_path) == _final_eval(workdir)
+    assert _predictions(tmp_path) == _predictions(workdir)
+    rows = [(m["step"], tuple(sorted(m))) for m in _metrics(tmp_path)]
+    assert len(rows) == len(set(rows)), "a step's metrics were written twice"
+    assert [m["step"] for m in _metrics(tmp_path) if "train/loss" in m] == [5, 10, 13, 15, 20]
+
+
+def test_resume_drops_metrics_written_after_the_checkpoint(full_run, tmp_path, monkeypatch):
+    """Killed after step 15's log line but with step 10 as the last checkpoint: the resumed
+    history has step 15 once, from the resumed run."""
+    workdir, _, config = full_run
+    real_flush = train.StepLog.flush
+
+    def flush_then_die(self):
+        real_flush(self)
+        if self.start_step == 15:
+            raise KeyboardInterrupt("killed after logging step 15")
+
+    monkeypatch.setattr(train.StepLog, "flush", flush_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(config, str(tmp_path))
+    monkeypatch.setattr(train.StepLog, "flush", real_flush)
+    assert [m["step"] for m in _metrics(tmp_path) if "train/loss" in m] == [5, 10, 15]
+    train.run(config, str(tmp_path))
+    assert _metrics(tmp_path) == [m for m in _metrics(tmp_path)]  # parses
+    train_rows = [m for m in _metrics(tmp_path) if "train/loss" in m]
+    assert [m["step"] for m in train_rows] == [5, 10, 15, 20]
+    reference = [m for m in _metrics(workdir) if "train/loss" in m]
+    for got, want in zip(train_rows, reference):
+        assert got["train/loss"] == pytest.approx(want["train/loss"], abs=1e-6)
+
+
+def test_batch_size_check_counts_shards_once(tfds_dir, tmp_path):
+    """Shards already count every device (of every process): 8 devices, global batch 8 is fine,
+    and 12 is rejected with the reason."""
+    config = _config(tfds_dir, batch_size=8, eval_batch_size=8, total_steps=2,
+                     eval_every=2, checkpoint_every=2, log_every=1)
+    train.run(config, str(tmp_path / "ok"))
+    with pytest.raises(ValueError, match=r"batch_size=12 must divide by the 8 batch shards"):
+        train.run(_config(tfds_dir, batch_size=12), str(tmp_path / "bad"))
 
 
 _LOAD_WITHOUT_FLAX = """
@@ -178,7 +251,7 @@ def test_export_serves_the_trained_model_without_flax(full_run, tmp_path):
     assert signature["label_prior"]["global"]
 
     # Five validation examples through the artifact, in a process that never imports flax.
-    data = ps_task.prepare(config, None)
+    data = prepare.prepare(config, ps_task)
     source = data.splits["validation"]
     examples = [source[i] for i in range(5)]
     rows = [ps_task.transform(e) for e in examples]

@@ -117,9 +117,11 @@ class FusionTransformer(nnx.Module):
             batch_size = out[0][0].shape[0]
             n = len(self.names)
             keep = jax.random.uniform(rngs.dropout(), (batch_size, n)) >= self.modality_dropout
-            # One modality per example, chosen at random, is never dropped.
-            spared = jax.random.randint(rngs.dropout(), (batch_size,), 0, n)
-            keep = keep | jax.nn.one_hot(spared, n, dtype=bool)
+            # One modality per example, chosen at random among those it has, is never dropped
+            # (sparing an absent one would leave an example with no input at all).
+            present = jnp.stack([mask.any(axis=1) for _, mask in out], axis=1)
+            draw = jnp.where(present, jax.random.uniform(rngs.dropout(), (batch_size, n)), -1.0)
+            keep = keep | jax.nn.one_hot(draw.argmax(axis=1), n, dtype=bool)
             out = [(x, mask & keep[:, i:i + 1]) for i, (x, mask) in enumerate(out)]
         return out
 

@@ -1,7 +1,7 @@
 """MER-PS (track 4): what is track-specific, and nothing else.
 
-The loop asks this module for: the prepared data and its folds (one: train / validation
-subjects), input statistics, the model, the loss, the predictions, the evaluation metrics and the
+The loop asks this module (contract: merjax/tasks/__init__.py) for: its folds (one: train /
+validation subjects), input statistics, the model, the loss, the predictions, the evaluation metrics and the
 submission file (predictions for the validation subjects).
 """
 import os
@@ -16,46 +16,14 @@ from merjax import metrics
 from merjax.data import transforms
 from merjax.models import physio
 from merjax.tasks import common
-from tfds_builders.mer_ps import demo as ps_demo
-from tfds_builders.mer_ps import mer_ps_dataset_builder as ps_builder
 
-TRACK = "mer_ps"
+DATASET = "mer_ps"
+SPLITS = ("train", "validation")
 ID_FIELD = "sample_id"
 SELECT = None  # predict with the last state (the official kit has no model selection)
 MODEL_FIELDS = ("eeg", "fnirs", "fnirs_mask", "context_mask", "prior")
 EVAL_FIELDS = ("label", "prior")  # kept from each eval batch for the metrics
 SUBMISSION_FILE = "predictions.csv"
-
-
-def subjects(numbers):
-    return tuple(f"test_{int(n)}" for n in numbers)
-
-
-def builder_config(config, release):
-    d = config.data
-    return ps_builder.make_config(
-        eeg_rate_hz=int(d.eeg_rate_hz), context_s=int(d.context_s), fnirs_bins=int(d.fnirs_bins),
-        fnirs_types=tuple(int(t) for t in d.fnirs_types),
-        train_subjects=subjects(d.train_subjects),
-        validation_subjects=subjects(d.validation_subjects), release=release)
-
-
-def prepare(config, workdir):
-    del workdir  # prepared datasets live in the TFDS data dir, shared by runs
-    demo = config.data.demo
-
-    def write_demo(root):
-        ps_demo.write_demo_release(
-            root, seed=demo.seed, num_subjects=demo.num_subjects,
-            seconds=(demo.min_seconds, demo.max_seconds), eeg_rate_hz=demo.eeg_rate_hz)
-
-    return common.prepare(config, TRACK, ps_builder.Builder,
-                          lambda release, root: builder_config(config, release), write_demo,
-                          splits=("train", "validation"))
-
-
-def describe(config):
-    return common.describe(ps_builder.Builder, builder_config(config, "demo"))
 
 
 def folds(config, data):
@@ -172,8 +140,15 @@ def summarize(results):
     return results[0].scores
 
 
-def write_outputs(workdir, results, config):
-    del config
+def data_report(data):
+    meta = data.info.metadata
+    return {"data/train_examples": len(data.splits["train"]),
+            "data/validation_examples": len(data.splits["validation"]),
+            "data/bad_fnirs_channels": sum(len(v) for v in meta["bad_fnirs_channels"].values())}
+
+
+def write_outputs(workdir, results, config, data):
+    del config, data
     if jax.process_index() == 0:
         (result,) = results
         path = write_submission(os.path.join(workdir, SUBMISSION_FILE), result.ids, result.outputs)

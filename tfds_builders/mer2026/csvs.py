@@ -16,16 +16,14 @@ import re
 from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
+from tfds_builders.common import ReleaseError
+
 __all__ = [
     "ReleaseError", "TRACK1_LABELS", "PREFERENCES", "SCHEMAS", "string_to_list",
     "Subtitle", "Track1Row", "Track2Row", "PreferenceRow", "Track3CandidateRow",
     "iter_csv_rows", "read_subtitles", "read_track1_labels", "read_names",
     "read_track2_openset", "read_track3_preferences", "read_track3_candidates",
 ]
-
-
-class ReleaseError(ValueError):
-    """A release file is missing, malformed or inconsistent with the documented format."""
 
 
 # Index order is the one of MERTools' globals.py (emos_mer); models map strings to these ids.

@@ -26,7 +26,7 @@ from .demo import DEMO_MARKER
 __all__ = [
     "ReleaseError", "SAMPLE_RATE", "FACE_SHAPE", "MODALITIES", "Mer2026Release", "locate_release",
     "index_media", "index_features", "read_wav", "read_openface", "sample_faces", "read_feature",
-    "check_feature_dims",
+    "check_feature_dims", "feature_frames",
 ]
 
 SAMPLE_RATE = 16000  # MERTools feature extractors assert sr == 16000.
@@ -270,13 +270,40 @@ def read_feature(path, *, level: str = "frame") -> np.ndarray:
     return arr.mean(axis=0) if level == "utt" else arr
 
 
-def _feature_dim(path: Path) -> int:
-    """D of one feature entry, reading only npy headers (memory-mapped, never the data)."""
+def _header(path: Path) -> np.ndarray:
+    """The array of one npy, memory-mapped: its shape and dtype without reading the data."""
+    return _load_npy(path, "a feature array", mmap=True)
+
+
+def feature_frames(path) -> int:
+    """Frames T of a feature entry from npy headers only; 0 means an empty feature.
+
+    A file holds T frames of shape ``(T, D)`` (``(D,)`` is one frame); an array with no
+    elements, e.g. ``(0, D)``, holds none. A ``<name>/`` folder holds the frames of its files,
+    none when it has no frame file. MERTools would average an empty feature to NaN, so callers
+    treat T = 0 as a missing input.
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir()
+                       if p.suffix == ".npy" and not p.name.startswith("."))
+        return sum(feature_frames(p) for p in files)
+    arr = _header(path)
+    if arr.size == 0:
+        return 0
+    shape = tuple(s for s in arr.shape if s != 1)
+    return 1 if len(shape) <= 1 else int(np.prod(shape[:-1]))
+
+
+def _feature_dim(path: Path) -> int | None:
+    """D of one feature entry, reading only npy headers; None for an empty one (no frames)."""
+    if feature_frames(path) == 0:
+        return None
     files = _frame_files(path) if path.is_dir() else [path]
-    arr = _load_npy(files[0], "a feature array", mmap=True)
+    file, arr = next((f, a) for f, a in ((f, _header(f)) for f in files) if a.size)
     shape = tuple(s for s in arr.shape if s != 1)
     if not np.issubdtype(arr.dtype, np.floating) or len(shape) not in (1, 2):
-        raise ReleaseError(f"{files[0]}: expected a floating-point (D,) or (T, D) array, "
+        raise ReleaseError(f"{file}: expected a floating-point (D,) or (T, D) array, "
                            f"found dtype {arr.dtype} shape {arr.shape}")
     return shape[-1]
 
@@ -285,7 +312,7 @@ def check_feature_dims(folder, names: Iterable[str] | None = None) -> int:
     """Check every entry of a feature folder (or just ``names``) has one D and return it.
 
     The folder's D is the most common one, so the error names the outlier files, not the
-    first file read.
+    first file read. Empty entries (no frames, see ``feature_frames``) are left out.
     """
     folder = Path(folder)
     index = index_features(folder)
@@ -297,7 +324,13 @@ def check_feature_dims(folder, names: Iterable[str] | None = None) -> int:
         index = {n: index[n] for n in names}
     if not index:
         raise ReleaseError(f"{folder}: expected feature files, found an empty folder")
-    dims = {n: _feature_dim(p) for n, p in sorted(index.items())}
+    # Empty entries (T = 0) have no D to compare: they are missing inputs, which the caller
+    # reports (feature_frames); the folder's D comes from the others.
+    dims = {n: d for n, d in ((n, _feature_dim(p)) for n, p in sorted(index.items()))
+            if d is not None}
+    if not dims:
+        raise ReleaseError(f"{folder}: expected feature files with at least one frame, found "
+                           f"only empty ones ({len(index)}, e.g. {next(iter(index.values()))})")
     values, counts = np.unique(list(dims.values()), return_counts=True)
     d = int(values[np.argmax(counts)])
     bad = [(n, k) for n, k in dims.items() if k != d]

@@ -23,7 +23,7 @@ import pathlib
 import numpy as np
 import scipy.io
 
-from merjax import features
+from tfds_builders import features
 from tfds_builders.mer_ps import release
 
 ALPHA_CHANNELS = tuple(range(0, 8))       # alpha power ~ valence

@@ -3,7 +3,8 @@
 Reads the unzipped release (or the generated demo release) from `manual_dir`; validation and
 preprocessing of every requested subject happen in `_split_generators`, before anything is
 written (tfds_builders/mer_ps/release.py). The feature spec below is the contract with
-merjax/data/pipeline.py.
+merjax/data/pipeline.py. A training example's `prior` leaves its own subject out
+(`train_priors`); validation examples and the metadata's `label_prior` use every training subject.
 """
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import dataclasses
 import hashlib
 import json
 
+from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
-from merjax import features
-from tfds_builders.mer_ps import release
+from tfds_builders import common, features
+from tfds_builders.mer_ps import demo, release
 
 KIT_TRAIN = tuple(f"test_{i}" for i in range(1, 21))        # the starting kit's split
 KIT_VALIDATION = tuple(f"test_{i}" for i in range(21, 25))
@@ -29,11 +31,13 @@ def sample_id(subject: str, video: int, second: int) -> str:
 
 def config_name(*, release: str, eeg_rate_hz: int, context_s: int, fnirs_bins: int,
                 fnirs_types: tuple[int, ...], train_subjects: tuple[str, ...],
-                validation_subjects: tuple[str, ...]) -> str:
-    """`<release>_eeg<rate>_ctx<s>_bins<n>_<types>_<split>`; split is `kit` or a split hash.
+                validation_subjects: tuple[str, ...], release_id: str = "") -> str:
+    """`<release>_eeg<rate>_ctx<s>_bins<n>_<types>_<split>[_r<release_id>]`; split is `kit` or
+    a split hash.
 
     Every field that changes the records is in the name, so two configs never share a
-    prepared folder; the hash covers the ordered subject lists.
+    prepared folder; the hash covers the ordered subject lists, and `release_id` (the files'
+    fingerprint) keeps another release, or one changed in place, from reusing these records.
     """
     types = "-".join(_type_name(t).lower() for t in fnirs_types)
     if (tuple(train_subjects), tuple(validation_subjects)) == (KIT_TRAIN, KIT_VALIDATION):
@@ -41,7 +45,33 @@ def config_name(*, release: str, eeg_rate_hz: int, context_s: int, fnirs_bins: i
     else:
         blob = json.dumps([list(train_subjects), list(validation_subjects)])
         split = "split" + hashlib.sha256(blob.encode()).hexdigest()[:8]
-    return f"{release}_eeg{eeg_rate_hz}_ctx{context_s}_bins{fnirs_bins}_{types}_{split}"
+    name = f"{release}_eeg{eeg_rate_hz}_ctx{context_s}_bins{fnirs_bins}_{types}_{split}"
+    return name + (f"_r{release_id}" if release_id else "")
+
+
+def train_priors(labels: dict, train_subjects: tuple[str, ...]) -> tuple[dict, dict[str, dict]]:
+    """(the all-training-subjects prior table, subject -> the prior table of its examples).
+
+    `labels` maps (subject, video) -> [T, 2]. A training example's prior leaves its own subject
+    out: with it, the prior already holds 1/N of the example's label, so a residual head learns
+    corrections shrunk by about 1/N, which it then applies at full size to unseen subjects.
+    Validation subjects, export and the hidden-test predictor use the all-training table.
+    With one training subject there are no others: its examples get the all-training table
+    (their own labels, so there the prior equals the label) and a warning says so.
+    """
+    def table(members):
+        return features.label_prior(
+            {v: [labels[s, v] for s in members] for v in release.VIDEOS})
+
+    everyone = table(train_subjects)
+    if len(train_subjects) == 1:
+        logging.warning(
+            "MER-PS: one training subject (%s): the leave-one-subject-out prior is undefined, so "
+            "its training examples get the prior of all training subjects, which is their own "
+            "label (no residual left to learn). Use two or more training subjects",
+            train_subjects[0])
+        return everyone, {train_subjects[0]: everyone}
+    return everyone, {s: table([o for o in train_subjects if o != s]) for s in train_subjects}
 
 
 def _type_name(index: int) -> str:
@@ -64,6 +94,7 @@ class MerPsConfig(tfds.core.BuilderConfig):
     train_subjects: tuple[str, ...] = KIT_TRAIN
     validation_subjects: tuple[str, ...] = KIT_VALIDATION
     release: str = "real"
+    release_id: str = ""  # fingerprint of the release files (tfds_builders.common)
 
     def __post_init__(self):
         self.fnirs_types = tuple(int(t) for t in self.fnirs_types)
@@ -87,7 +118,7 @@ class MerPsConfig(tfds.core.BuilderConfig):
                              f"subject-disjoint): {both}")
         derived = config_name(**{f: getattr(self, f) for f in (
             "release", "eeg_rate_hz", "context_s", "fnirs_bins", "fnirs_types",
-            "train_subjects", "validation_subjects")})
+            "train_subjects", "validation_subjects", "release_id")})
         if self.name and self.name != derived:
             raise ValueError(f"config name {self.name!r} does not match its fields ({derived!r});"
                              " leave name empty or use make_config()")
@@ -100,27 +131,51 @@ class MerPsConfig(tfds.core.BuilderConfig):
                 f"{len(self.validation_subjects)} validation subjects.")
 
 
-_CONFIGS: dict[str, MerPsConfig] = {}
+make_config = common.ConfigRegistry(MerPsConfig)
+
+# ---- what the training side uses (tfds_builders/common.py lists it)
+
+DEMO_NAME = "mer_ps"
 
 
-def make_config(**fields) -> MerPsConfig:
-    """The config for these fields; equal fields give the *same* instance.
+def subjects(numbers) -> tuple[str, ...]:
+    """Config subject numbers -> the release's folder names (`test_<n>`)."""
+    return tuple(f"test_{int(n)}" for n in numbers)
 
-    TFDS refuses a config instance that is not the registered one under the same name
-    ("Cannot name a custom BuilderConfig the same as an available BuilderConfig"), so
-    `make_config(release='demo')` must hand back the instance listed in BUILDER_CONFIGS.
-    Treat the returned config as immutable.
-    """
-    config = MerPsConfig(**fields)
-    return _CONFIGS.setdefault(config.name, config)
+
+def builder_config(data, root, *, release: str, release_id: str) -> MerPsConfig:
+    """`config.data` -> the BuilderConfig of this run."""
+    del root  # every setting is in config.data
+    return make_config(
+        eeg_rate_hz=int(data.eeg_rate_hz), context_s=int(data.context_s),
+        fnirs_bins=int(data.fnirs_bins), fnirs_types=tuple(int(t) for t in data.fnirs_types),
+        train_subjects=subjects(data.train_subjects),
+        validation_subjects=subjects(data.validation_subjects), release=release,
+        release_id=release_id)
+
+
+def release_sources(data, root):
+    del data
+    return [root]
+
+
+def write_demo(root, demo_config):
+    demo.write_demo_release(
+        root, seed=demo_config.seed, num_subjects=demo_config.num_subjects,
+        seconds=(demo_config.min_seconds, demo_config.max_seconds),
+        eeg_rate_hz=demo_config.eeg_rate_hz)
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
     """MER-PS valence/arousal per second from EEG + fNIRS."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release: one example per label second, EEG/fNIRS context "
-                              "windows, per-(video, second) train-label prior."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release: one example per label second, EEG/fNIRS context windows, "
+                 "per-(video, second) train-label prior.",
+        "1.1.0": "Training examples' prior leaves their own subject out; optional side files may "
+                 "be missing; metadata records the fNIRS_reservations.csv check.",
+    }
     MANUAL_DOWNLOAD_INSTRUCTIONS = """\
     Request access to the gated Hugging Face dataset MER-PS/MER-PS-trainval
     (https://huggingface.co/datasets/MER-PS/MER-PS-trainval), download its zip and unzip it.
@@ -157,21 +212,18 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         c = self.builder_config
-        try:
-            root = dl_manager.manual_dir
-        except AssertionError as e:  # TFDS's way of saying the folder is missing or empty
-            reason = str(e).splitlines()[0].split(" Create it")[0]
-            raise release.ReleaseError(
-                f"MER-PS manual_dir unusable: {reason} {release.MANUAL_DIR_HINT}") from e
+        root = common.manual_dir(dl_manager, "MER-PS", release.MANUAL_DIR_HINT)
         inventory = release.check_release(
             str(root), c.train_subjects + c.validation_subjects, expected_kind=c.release)
-        subjects = {s: release.load_subject(inventory, s, eeg_rate_hz=c.eeg_rate_hz,
-                                            fnirs_bins=c.fnirs_bins, fnirs_types=c.fnirs_types)
-                    for s in inventory.subjects}
-        prior = features.label_prior(
-            {v: [inventory.labels[s, v] for s in c.train_subjects] for v in release.VIDEOS})
+        subjects = release.load_subjects(inventory, eeg_rate_hz=c.eeg_rate_hz,
+                                         fnirs_bins=c.fnirs_bins, fnirs_types=c.fnirs_types)
+        prior, train_prior = train_priors(inventory.labels, c.train_subjects)
+        train_rule = ("train examples: mean over the other training subjects "
+                      "(leave-one-subject-out)" if len(c.train_subjects) > 1 else
+                      "train examples: the one training subject's own labels (no other subject)")
         self.info.metadata.update({
             "release": c.release,
+            "release_id": c.release_id,
             "manual_dir": str(root),
             "source_eeg_rate_hz": inventory.eeg_rate_hz,
             "source_fnirs_rate_hz": inventory.fnirs_rate_hz,
@@ -186,18 +238,27 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             "bad_fnirs_channels_indexing": "0-based (column ch-k of fNIRS_reservations.csv is k-1)",
             "targeted_emotions": (list(inventory.targeted_emotions)
                                   if inventory.targeted_emotions else None),
+            "missing_side_files": list(inventory.missing_side_files),
+            "reservation_check": {s: d.reservation_check for s, d in subjects.items()},
             "label_scale": [1, 255],
+            # The table of export and prediction: every training subject.
             "label_prior": prior,
+            "prior_rule": train_rule + "; validation examples and label_prior: mean over all "
+                                       "training subjects",
         })
         return {
-            "train": self._generate_examples([subjects[s] for s in c.train_subjects], prior),
+            "train": self._generate_examples([subjects[s] for s in c.train_subjects],
+                                             train_prior),
             "validation": self._generate_examples(
-                [subjects[s] for s in c.validation_subjects], prior),
+                [subjects[s] for s in c.validation_subjects],
+                {s: prior for s in c.validation_subjects}),
         }
 
-    def _generate_examples(self, subjects: list[release.SubjectData], prior: dict):
+    def _generate_examples(self, subjects: list[release.SubjectData], priors: dict[str, dict]):
+        """`priors`: subject -> the label-prior table its examples read."""
         c = self.builder_config
         for subject in subjects:
+            prior = priors[subject.name]
             for video, trial in sorted(subject.trials.items()):
                 for second in range(len(trial.labels)):
                     key = sample_id(subject.name, video, second)

@@ -3,8 +3,9 @@
 Two passes, both before the builder writes anything:
   1. `check_release`: layout, side files, every .mat's variables and shapes (cheap header reads
      plus a structural walk that catches truncated files), labels in full, derived sampling rates.
-  2. `load_subject`: signals in full, finiteness, baseline correction, EEG resampling, fNIRS
-     binning, bad-channel zeroing. The results stay in memory until the examples are written.
+  2. `load_subject`: signals in full, the fNIRS_reservations.csv plausibility check
+     (`reservation_check`), finiteness, baseline correction, EEG resampling, fNIRS binning,
+     bad-channel zeroing. The results stay in memory until the examples are written.
 Layout and variable facts: shared/MER2026.md section 5.
 """
 from __future__ import annotations
@@ -21,11 +22,20 @@ from absl import logging
 import numpy as np
 import scipy.io
 
-from merjax import features
+from tfds_builders import features
+from tfds_builders.common import ReleaseError, check_kind
 
 DEMO_MARKER = "MERJAX_DEMO_RELEASE"
-SIDE_FILES = ("README.md", "Metadata.csv", "SAM_score.csv", "PANAS_score.csv",
-              "Targeted_emotions.txt", "fNIRS_coordinates.csv", "fNIRS_reservations.csv")
+# Side files the builder reads, with what it reads them for: each one must be present.
+REQUIRED_SIDE_FILES = {
+    "fNIRS_reservations.csv": "the per-subject fNIRS channel mask",
+    "Targeted_emotions.txt": "the videos' emotion codes, recorded in the dataset metadata",
+}
+# Side files of the release that the builder never reads: a missing one is logged, not fatal
+# (they are absent from some copies, e.g. the public leaderboard evaluation data).
+OPTIONAL_SIDE_FILES = ("README.md", "Metadata.csv", "SAM_score.csv", "PANAS_score.csv",
+                       "fNIRS_coordinates.csv")
+SIDE_FILES = tuple(REQUIRED_SIDE_FILES) + OPTIONAL_SIDE_FILES
 SIGNAL_FILES = ("EEG_baselines.mat", "EEG_videos.mat", "fNIRS_baselines.mat", "fNIRS_videos.mat")
 FNIRS_TYPES = ("HbO", "HbR", "HbT", "Abs780", "Abs805", "Abs830")
 NUM_VIDEOS = 15
@@ -45,10 +55,6 @@ MANUAL_DIR_HINT = (
     "release instead.")
 
 
-class ReleaseError(ValueError):
-    """The release on disk does not match what MER-PS should contain."""
-
-
 def video_var(video: int) -> str:
     return f"video_{video}"
 
@@ -64,6 +70,7 @@ class Inventory:
     fnirs_rate_hz: float                        # fNIRS samples per label second (derived)
     fnirs_masks: dict[str, np.ndarray]          # subject -> [51] bool, True = channel kept
     targeted_emotions: tuple[int, ...] | None
+    missing_side_files: tuple[str, ...] = ()    # optional side files not in the release
 
     def seconds(self, subject: str, video: int) -> int:
         return int(self.labels[(subject, video)].shape[0])
@@ -82,6 +89,8 @@ class SubjectData:
     name: str
     fnirs_mask: np.ndarray          # [51] bool
     trials: dict[int, Trial]        # video -> trial
+    reservation_check: dict         # `reservation_check` of this subject's fNIRS files
+    zeroed_nonfinite: int = 0       # NaN/Inf values in the bad channels, zeroed
 
 
 # ----------------------------------------------------------------------------------------------
@@ -232,15 +241,7 @@ def _check_root(root, expected_kind: str) -> pathlib.Path:
     if not root.is_dir():
         raise ReleaseError(f"{root}: manual_dir does not exist or is not a directory. "
                            f"{MANUAL_DIR_HINT}")
-    kind = release_kind(root)
-    if kind != expected_kind:
-        if kind == "demo":
-            raise ReleaseError(
-                f"{root}: is a generated demo release (marker file {root / DEMO_MARKER}) but the "
-                f"config expects release='real'; a demo must never pass as the real data")
-        raise ReleaseError(
-            f"{root}: expected a generated demo release (marker file {root / DEMO_MARKER}), "
-            f"found none: this looks like the real release but the config says release='demo'")
+    check_kind(root, release_kind(root), expected_kind, DEMO_MARKER)
     return root
 
 
@@ -282,9 +283,14 @@ def check_release(root, subjects, *, expected_kind: str) -> Inventory:
     subjects = tuple(subjects)
     if len(set(subjects)) != len(subjects):
         raise ReleaseError(f"subjects requested more than once: {subjects}")
-    for name in SIDE_FILES:
+    for name, purpose in REQUIRED_SIDE_FILES.items():
         if not (root / name).is_file():
-            raise ReleaseError(f"{root / name}: required side file missing")
+            raise ReleaseError(f"{root / name}: required side file missing (the builder reads "
+                               f"it for {purpose})")
+    missing_side = tuple(n for n in OPTIONAL_SIDE_FILES if not (root / n).is_file())
+    if missing_side:
+        logging.warning("MER-PS release at %s: side files not present: %s (the builder does not "
+                        "read them; building without them)", root, ", ".join(missing_side))
     masks = read_reservations(root / "fNIRS_reservations.csv")
     emotions = read_targeted_emotions(root / "Targeted_emotions.txt")
 
@@ -348,7 +354,8 @@ def check_release(root, subjects, *, expected_kind: str) -> Inventory:
                  "per label second", expected_kind, root, len(subjects), eeg_rate, fnirs_rate)
     return Inventory(root=root, kind=expected_kind, subjects=subjects, labels=labels,
                      eeg_rate_hz=float(eeg_rate), fnirs_rate_hz=float(fnirs_rate),
-                     fnirs_masks={s: masks[s] for s in subjects}, targeted_emotions=emotions)
+                     fnirs_masks={s: masks[s] for s in subjects}, targeted_emotions=emotions,
+                     missing_side_files=missing_side)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -359,6 +366,95 @@ def _require_finite(path, name, x: np.ndarray, what: str = "") -> None:
     if bad is not None:
         raise ReleaseError(f"{path}: variable '{name}'{what}: expected finite values, found "
                            f"{x[bad]} at index {list(bad)}")
+
+
+# A channel whose variance is below this fraction of the median channel's is flat (a lost or
+# saturated signal): bad, not clean, so it is counted apart rather than lowering a median.
+_FLAT_FRACTION = 1e-6
+# The 0-marked channels "look cleaner" when their median variance is below the kept channels'
+# by more than this factor: real bad channels are noisier than good ones, not quieter.
+_CLEANER_FACTOR = 3.0
+
+
+def _within_trial_variance(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """([channels] variance over the finite samples of each row, [channels] finite counts).
+
+    A row without finite samples has variance NaN. Computed by hand rather than with
+    np.nanvar, which warns on such rows.
+    """
+    x = np.asarray(x, np.float64)
+    finite = np.isfinite(x)
+    count = finite.sum(axis=-1)
+    n = np.maximum(count, 1)
+    mean = np.where(finite, x, 0.0).sum(axis=-1) / n
+    with np.errstate(over="ignore", invalid="ignore"):   # junk may square to inf: noisy anyway
+        var = np.where(finite, (x - mean[:, None]) ** 2, 0.0).sum(axis=-1) / n
+    return np.where(count > 0, var, np.nan), count
+
+
+def reservation_check(videos: dict[str, np.ndarray], baselines: dict[str, np.ndarray],
+                      mask: np.ndarray) -> dict:
+    """How the 0-marked fNIRS channels compare with the kept (1) ones, from the raw files.
+
+    `fNIRS_reservations.csv`'s "1 = keep" is an inference (shared/MER2026.md section 5.4); an
+    inverted file would zero the good channels and feed the junk to the model without any
+    error, so the signals are asked. Per channel: the HbO variance within each trial (the
+    baseline-corrected signal has the same variance: the correction subtracts a per-channel
+    constant), averaged over the trials; the NaN/Inf values in all six types of video and
+    baseline; flat channels (variance below _FLAT_FRACTION of the median channel's). Per group
+    (`marked` = 0, `kept` = 1): channel count, median variance of the channels that are not
+    flat (None without any), non-finite values, channels holding any, flat channels.
+    `suspect` is set when the marked channels look cleaner: their median variance is below the
+    kept one / _CLEANER_FACTOR, or most kept channels hold non-finite values, or most are flat,
+    and a larger share than of the marked ones ("most", so that a stray NaN in one good channel
+    does not raise the alarm; an inverted file keeps the few bad channels, most of them junk).
+    """
+    per_trial, nonfinite = [], np.zeros(FNIRS_CHANNELS, np.int64)
+    for name, x in videos.items():
+        var, count = _within_trial_variance(x[0])
+        per_trial.append(np.where(count > 1, var, np.nan))
+        for arr in (x, baselines[name]):
+            nonfinite += (~np.isfinite(arr)).sum(axis=(0, 2))
+    per_trial = np.stack(per_trial)
+    seen = np.isfinite(per_trial).any(axis=0)
+    variance = np.full(FNIRS_CHANNELS, np.nan)
+    variance[seen] = np.nanmean(per_trial[:, seen], axis=0)
+    level = np.nanmedian(variance) if seen.any() else np.nan
+    if np.isfinite(level) and level > 0:
+        flat = seen & (variance <= _FLAT_FRACTION * level)
+    else:                                   # no usable scale: only exactly constant is flat
+        flat = seen & (variance == 0)
+
+    def group(members: np.ndarray) -> dict:
+        usable = members & seen & ~flat
+        median = float(np.median(variance[usable])) if usable.any() else None
+        return {"channels": int(members.sum()), "median_hbo_variance": median,
+                "nonfinite_values": int(nonfinite[members].sum()),
+                "nonfinite_channels": int((members & (nonfinite > 0)).sum()),
+                "flat_channels": int((members & flat).sum())}
+
+    marked, kept = group(~mask), group(mask)
+
+    def mostly_kept(key: str) -> bool:   # shares, not counts: the kept group is ~15x larger
+        share = kept[key] / kept["channels"]
+        return share > 0.5 and share > marked[key] / marked["channels"]
+
+    suspect = False
+    if marked["channels"] and kept["channels"]:
+        m, k = marked["median_hbo_variance"], kept["median_hbo_variance"]
+        suspect = bool((m is not None and k is not None and m < k / _CLEANER_FACTOR)
+                       or mostly_kept("nonfinite_channels") or mostly_kept("flat_channels"))
+    return {"marked": marked, "kept": kept, "suspect": suspect}
+
+
+def _describe_check(check: dict) -> str:
+    def fmt(v):
+        return "n/a" if v is None else f"{v:.3g}"
+    m, k = check["marked"], check["kept"]
+    return (f"{m['channels']} marked 0 vs {k['channels']} kept: median HbO variance "
+            f"{fmt(m['median_hbo_variance'])} vs {fmt(k['median_hbo_variance'])}, non-finite "
+            f"values {m['nonfinite_values']} vs {k['nonfinite_values']}, flat channels "
+            f"{m['flat_channels']} vs {k['flat_channels']}")
 
 
 def load_subject(inventory: Inventory, subject: str, *, eeg_rate_hz: int, fnirs_bins: int,
@@ -372,6 +468,17 @@ def load_subject(inventory: Inventory, subject: str, *, eeg_rate_hz: int, fnirs_
     trials, junk = {}, 0
     eeg_v, eeg_b, fn_v, fn_b = (read_mat(paths[f], names) for f in (
         "EEG_videos.mat", "EEG_baselines.mat", "fNIRS_videos.mat", "fNIRS_baselines.mat"))
+    # Before the finiteness checks: if the mask is inverted, the warning comes before the error
+    # that the junk in a "kept" channel then raises.
+    check = reservation_check(fn_v, fn_b, mask)
+    logging.debug("MER-PS: %s fNIRS_reservations.csv check: %s", subject, _describe_check(check))
+    if check["suspect"]:
+        logging.warning(
+            "MER-PS: %s: the fNIRS channels that %s marks 0 (bad) look cleaner than the ones "
+            "marked 1 (kept): %s. The builder keeps channels marked 1; if this release means the "
+            "opposite, the 0/1 meaning is inverted and the model gets the bad channels (see the "
+            "release's README.md)", subject, inventory.root / "fNIRS_reservations.csv",
+            _describe_check(check))
     for v, name in zip(VIDEOS, names):
         seconds = inventory.seconds(subject, v)
         _require_finite(paths["EEG_videos.mat"], name, eeg_v[name])
@@ -397,8 +504,44 @@ def load_subject(inventory: Inventory, subject: str, *, eeg_rate_hz: int, fnirs_
             raise ReleaseError(f"{paths['fNIRS_videos.mat']}: variable '{name}': {e}") from e
         trials[v] = Trial(eeg=eeg, fnirs=binned.astype(np.float32),
                           labels=inventory.labels[subject, v])
-    logging.info("MER-PS: %s loaded in %.1f s: %d trials, %d label seconds, %d bad fNIRS channels "
-                 "%s zeroed (%d non-finite values in them)", subject, time.perf_counter() - start,
-                 len(trials), sum(len(t.labels) for t in trials.values()), int((~mask).sum()),
-                 np.flatnonzero(~mask).tolist(), junk)
-    return SubjectData(name=subject, fnirs_mask=mask, trials=trials)
+    # Debug level: 24 of these lines per build; `load_subjects` sums them up at INFO.
+    logging.debug("MER-PS: %s loaded in %.1f s: %d trials, %d label seconds, %d bad fNIRS "
+                  "channels %s zeroed (%d non-finite values in them)", subject,
+                  time.perf_counter() - start, len(trials),
+                  sum(len(t.labels) for t in trials.values()), int((~mask).sum()),
+                  np.flatnonzero(~mask).tolist(), junk)
+    return SubjectData(name=subject, fnirs_mask=mask, trials=trials, reservation_check=check,
+                       zeroed_nonfinite=junk)
+
+
+def load_subjects(inventory: Inventory, **kwargs) -> dict[str, SubjectData]:
+    """`load_subject` for every subject of the inventory, summed up in two INFO lines."""
+    start = time.perf_counter()
+    loaded = {s: load_subject(inventory, s, **kwargs) for s in inventory.subjects}
+    data = loaded.values()
+    logging.info(
+        "MER-PS: loaded %d subjects in %.1f s: %d trials, %d label seconds, %d bad fNIRS channels "
+        "zeroed (%d non-finite values in them)", len(loaded), time.perf_counter() - start,
+        sum(len(d.trials) for d in data),
+        sum(len(t.labels) for d in data for t in d.trials.values()),
+        sum(int((~d.fnirs_mask).sum()) for d in data), sum(d.zeroed_nonfinite for d in data))
+    checks = {s: d.reservation_check for s, d in loaded.items()}
+    compared = [c for c in checks.values() if c["marked"]["channels"] and c["kept"]["channels"]]
+    ratios = [c["marked"]["median_hbo_variance"] / c["kept"]["median_hbo_variance"]
+              for c in compared
+              if c["marked"]["median_hbo_variance"] is not None
+              and c["kept"]["median_hbo_variance"]]
+
+    def total(key: str) -> list[int]:
+        return [sum(c[g][key] for c in checks.values()) for g in ("marked", "kept")]
+
+    logging.info(
+        "MER-PS: fNIRS_reservations.csv check (0 = marked bad, 1 = kept): %d of %d subjects have "
+        "both kinds of channel, %d look inverted %s; median HbO variance marked/kept per "
+        "subject: %s; non-finite values marked/kept %d/%d; flat channels marked/kept %d/%d "
+        "(per subject: dataset metadata 'reservation_check')", len(compared), len(checks),
+        sum(c["suspect"] for c in checks.values()),
+        sorted(s for s, c in checks.items() if c["suspect"]),
+        (f"min {min(ratios):.3g}, median {statistics.median(ratios):.3g}" if ratios else "n/a"),
+        *total("nonfinite_values"), *total("flat_channels"))
+    return loaded
