@@ -149,6 +149,6 @@ def accuracy(y_true, y_pred):
 
 
 def mse(pred, target):
-    """Mean squared error over all values: the MER-PS scorer's auxiliary score (MER2026.md §6.4)."""
+    """Mean squared error over all values: the MER-PS scorer's auxiliary score (the starting kit)."""
     diff = np.asarray(pred, np.float64) - np.asarray(target, np.float64)
     return float(np.mean(diff * diff))

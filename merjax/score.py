@@ -1,4 +1,4 @@
-"""Scores a submission file as the official MER2026 scorers do (MER2026.md §6, §8).
+"""Scores a submission file as the official MER2026 scorers do (MERTools' evaluation code and the Codabench kits).
 
     python -m merjax.score --track=ps    --truth=TRUTH --answer=predictions.csv|answer.zip|DIR
     python -m merjax.score --track=cross --truth=track1_test.csv --answer=answer.zip|answer.csv

@@ -148,6 +148,19 @@ def test_cross_validation_end_to_end(input_kind, tmp_path_factory):
         assert (workdir / fold / "checkpoints").is_dir() and (workdir / fold / "best").is_dir()
 
     if input_kind == "features":
+        # --mode=evaluate measures the selected (best) states afresh: the training run's cv
+        # scores, written to evaluate.json, not to the training history.
+        history = (workdir / "metrics.jsonl").read_text()
+        assert train.run(config, str(workdir), mode="evaluate") == pytest.approx(summary)
+        assert json.loads((workdir / "evaluate.json").read_text())["cv/waf"] == pytest.approx(
+            summary["cv/waf"])
+        assert (workdir / "metrics.jsonl").read_text() == history
+        # --mode=predict writes the same answer from the same states.
+        answer = (workdir / "answer.csv").read_text()
+        (workdir / "answer.csv").unlink()
+        train.run(config, str(workdir), mode="predict")
+        assert (workdir / "answer.csv").read_text() == answer
+
         # Each fold exports its best-validation state.
         train.run(config, str(workdir), mode="export")
         exported, params, signature = export.load(str(workdir / "fold_0" / "export"))

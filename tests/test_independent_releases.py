@@ -129,7 +129,7 @@ CROSS_DIMS = (24, 40, 32)
 
 
 def _waf(y, p, classes=6):
-    """Weighted F1 over the classes present in y or p, supports from y (MER2026.md 6.1)."""
+    """Weighted F1 over the classes present in y or p, supports from y (sklearn's average='weighted', as the track-1 scorer)."""
     score = 0.0
     for c in set(y) | set(p):
         tp = np.sum((y == c) & (p == c))

@@ -13,6 +13,7 @@ import pytest
 from configs import ps as ps_config
 from merjax import metrics, optim, sharding, tasks, train
 from merjax.data import prepare
+from merjax.models import physio
 from merjax.tasks import cross as cross_task
 from merjax.tasks import ps as ps_task
 
@@ -126,6 +127,13 @@ def test_ps_input_stats_leave_out_padding_and_bad_channels():
                                rtol=1e-5)
     np.testing.assert_allclose(stats["fnirs_std"][:, :10], valid_fnirs.std(0)[:, :10],
                                rtol=1e-4)
+    # The band statistics standardise the train examples' valid EEG band powers.
+    valid = [1 - (not e["context_mask"][0]) for e in examples]
+    bands = np.concatenate([np.asarray(physio.band_log_power(
+        e["eeg"][None], stats["eeg_scale"], 2, 128))[0, 1 - v:] for e, v in zip(examples, valid)])
+    standardised = (bands - stats["band_mean"]) / stats["band_std"]
+    np.testing.assert_allclose(standardised.mean(0), 0, atol=1e-4)
+    np.testing.assert_allclose(standardised.std(0), 1, atol=1e-3)
     # Never seen valid: neutral statistics instead of the garbage.
     assert np.all(stats["fnirs_mean"][:, 10] == 0) and np.all(stats["fnirs_std"][:, 10] == 1)
 

@@ -31,6 +31,7 @@ def test_mesh_shape_fills_minus_one_and_rejects_bad_sizes():
 
 def _stats():
     return dict(eeg_scale=np.full(64, 2.0, np.float32),
+                band_mean=np.zeros((64, 5), np.float32), band_std=np.ones((64, 5), np.float32),
                 fnirs_mean=np.zeros((3, 51), np.float32), fnirs_std=np.ones((3, 51), np.float32))
 
 

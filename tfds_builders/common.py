@@ -71,8 +71,8 @@ def release_fingerprint(sources) -> str:
 
     Another release, or the same release changed in place, gets another fingerprint, and so
     another prepared dataset. Only names and stat() are read (no file contents), so even the
-    132k-clip MER2026 release is fingerprinted in seconds. Hidden entries are skipped like the
-    readers skip them (macOS `._*` forks are not part of a release).
+    132k-clip MER2026 release is fingerprinted in seconds. Files are those the readers see
+    (`walk_files`).
     """
     digest = hashlib.sha256()
     for source in sorted(Path(s).absolute() for s in sources):
@@ -80,7 +80,8 @@ def release_fingerprint(sources) -> str:
         if source.is_file():
             entries = [(source.name, source.stat())]
         elif source.is_dir():
-            entries = sorted(_stat_tree(source))
+            entries = sorted((os.path.relpath(e.path, source), e.stat())
+                             for e in walk_files(source))
         else:
             entries = [("<missing>", None)]
         for rel, st in entries:
@@ -89,8 +90,13 @@ def release_fingerprint(sources) -> str:
     return digest.hexdigest()[:12]
 
 
-def _stat_tree(top: Path):
-    """(relative path, stat) of every non-hidden file under `top`, following symlinks once."""
+def walk_files(top: Path):
+    """os.DirEntry of every file under `top` at any depth, following symlinks but never a
+    folder twice.
+
+    Hidden entries and `__MACOSX` are skipped: unzip on macOS leaves `._<name>.wav` resource
+    forks that would otherwise look like extra samples, and a `.DS_Store` is no part of a release.
+    """
     seen, stack = set(), [str(top)]
     while stack:
         folder = stack.pop()
@@ -105,4 +111,4 @@ def _stat_tree(top: Path):
                 if entry.is_dir():
                     stack.append(entry.path)
                 elif entry.is_file():
-                    yield os.path.relpath(entry.path, top), entry.stat()
+                    yield entry

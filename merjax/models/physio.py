@@ -1,9 +1,11 @@
 """EEG + fNIRS encoder for MER-PS: two signal branches, a fusion transformer, a V/A head.
 
 Tokens, in order: [CLS, prior, EEG x (context_s * eeg_patches_per_s), fNIRS x (context_s * bins)].
-- EEG branch: each channel's patch is scaled by train-set statistics, Hann-windowed and turned
-  into a log power spectrum (band power is what carries emotion in EEG; an FFT gives the model
-  all bands at once), then all channels' spectra of a patch are projected to one token.
+- EEG branch: each channel's patch is scaled by its train-set RMS, Hann-windowed, and reduced to
+  the log mean power of the five classic bands (delta, theta, alpha, beta, gamma: what EEG
+  emotion work reads, and far less noisy than single periodogram bins); each (channel, band) log
+  power is standardised with train-set statistics, so no offset swamps the signal before the
+  projection and its LayerNorm; all channels' bands of a patch become one token.
 - fNIRS branch: per time bin, the (type x channel) haemoglobin values are standardised with
   train-set statistics, bad channels zeroed (the mask comes with every example), and projected.
 - The per-(video, second) mean label of the training subjects enters as its own token and the
@@ -20,8 +22,32 @@ from merjax.models import layers
 LABEL_MIN, LABEL_MAX = 1.0, 255.0
 
 
+BANDS = ((1.0, 4.0), (4.0, 8.0), (8.0, 13.0), (13.0, 30.0), (30.0, 45.0))  # Hz
+
+
 class InputStats(nnx.Variable):
     """Normalisation statistics from the train split: saved with the model, never trained."""
+
+
+def band_weights(patch, samples_per_s):
+    """[patch // 2 + 1, bands]: averaging weights of each band's FFT bins (numpy, constant)."""
+    freqs = np.fft.rfftfreq(patch, 1.0 / samples_per_s)
+    weights = np.stack([(freqs >= lo) & (freqs < hi) for lo, hi in BANDS], axis=1)
+    if not weights.any(axis=0).all() or BANDS[-1][1] > samples_per_s / 2:
+        raise ValueError(f"EEG patches of {patch} samples at {samples_per_s} Hz cannot resolve "
+                         f"the bands {BANDS} Hz; use longer patches or a higher data.eeg_rate_hz")
+    return (weights / weights.sum(axis=0)).astype(np.float32)
+
+
+def band_log_power(eeg, scale, patches, samples_per_s):
+    """[B, C, T] EEG -> [B, patches, C, bands] log mean band power of each Hann-windowed patch,
+    after dividing each channel by `scale` (its train RMS). jnp, so input statistics and the
+    model compute it with the same code."""
+    x = rearrange(eeg / scale[None, :, None], "b c (n p) -> b n c p", n=patches)
+    patch = x.shape[-1]
+    x = (x - x.mean(axis=-1, keepdims=True)) * jnp.asarray(np.hanning(patch), x.dtype)
+    power = jnp.abs(jnp.fft.rfft(x, axis=-1)) ** 2 / patch
+    return jnp.log(power @ band_weights(patch, samples_per_s) + 1e-6)
 
 
 def to_unit(raw):
@@ -44,14 +70,16 @@ class PhysioEncoder(nnx.Module):
         self.eeg_patches = context_s * eeg_patches_per_s
         self.fnirs_steps = fnirs_steps
         self.use_prior = use_prior
-        patch = eeg_window // self.eeg_patches
-        freqs = patch // 2 + 1
-        self.hann = InputStats(jnp.asarray(np.hanning(patch), jnp.float32))
+        self.samples_per_s = eeg_window // context_s
+        band_weights(eeg_window // self.eeg_patches, self.samples_per_s)  # fails early if unfit
         self.eeg_scale = InputStats(jnp.asarray(stats["eeg_scale"], jnp.float32))
+        self.band_mean = InputStats(jnp.asarray(stats["band_mean"], jnp.float32))
+        self.band_std = InputStats(jnp.asarray(stats["band_std"], jnp.float32))
         self.fnirs_mean = InputStats(jnp.asarray(stats["fnirs_mean"], jnp.float32))
         self.fnirs_std = InputStats(jnp.asarray(stats["fnirs_std"], jnp.float32))
 
-        self.eeg_proj = layers.dense(eeg_channels * freqs, width, ("features", "embed"), rngs=rngs)
+        self.eeg_proj = layers.dense(eeg_channels * len(BANDS), width, ("features", "embed"),
+                                     rngs=rngs)
         self.fnirs_proj = layers.dense(fnirs_types * fnirs_channels, width, ("features", "embed"),
                                        rngs=rngs)
         self.prior_proj = layers.dense(2, width, ("outputs", "embed"), rngs=rngs)
@@ -67,11 +95,9 @@ class PhysioEncoder(nnx.Module):
                                  kernel_init=nnx.initializers.zeros_init())
 
     def _eeg_tokens(self, eeg):
-        x = eeg / self.eeg_scale[...][None, :, None]
-        x = rearrange(x, "b c (n p) -> b n c p", n=self.eeg_patches)
-        power = jnp.abs(jnp.fft.rfft(x * self.hann[...], axis=-1)) ** 2
-        feats = rearrange(jnp.log(power + 1e-3), "b n c f -> b n (c f)")
-        return self.eeg_norm(self.eeg_proj(feats))
+        bands = band_log_power(eeg, self.eeg_scale[...], self.eeg_patches, self.samples_per_s)
+        bands = (bands - self.band_mean[...]) / self.band_std[...]
+        return self.eeg_norm(self.eeg_proj(rearrange(bands, "b n c k -> b n (c k)")))
 
     def _fnirs_tokens(self, fnirs, fnirs_mask):
         x = (fnirs - self.fnirs_mean[...]) / self.fnirs_std[...]

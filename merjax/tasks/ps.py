@@ -59,36 +59,47 @@ def transform(example):
 
 
 def input_stats(train, config):
-    """Per-channel EEG RMS and per (type, channel) fNIRS mean/std over train examples.
+    """Train-split statistics: per-channel EEG RMS, per (channel, band) mean/std of the EEG log
+    band power (models/physio.py computes it), per (type, channel) fNIRS mean/std.
 
     Padding (seconds before the recording) and bad fNIRS channels are left out of the estimates.
     """
     n = len(train)
     take = np.unique(np.linspace(0, n - 1, min(n, int(config.data.stats_examples))).astype(int))
-    eeg_sq = eeg_count = 0.0
-    f_sum = f_sq = f_count = 0.0
-    for i in take:
-        ex = train[int(i)]
-        eeg, ctx = np.asarray(ex["eeg"], np.float64), np.asarray(ex["context_mask"], bool)
-        valid_t = np.repeat(ctx, eeg.shape[1] // len(ctx))
-        eeg_sq = eeg_sq + (eeg[:, valid_t] ** 2).sum(axis=1)
-        eeg_count += valid_t.sum()
-        fn = np.asarray(ex["fnirs"], np.float64)  # [steps, types, channels]
-        valid = (np.repeat(ctx, fn.shape[0] // len(ctx))[:, None, None]
-                 & np.asarray(ex["fnirs_mask"], bool)[None, None, :])
-        w = np.broadcast_to(valid, fn.shape)
-        f_sum = f_sum + (fn * w).sum(axis=0)
-        f_sq = f_sq + (fn ** 2 * w).sum(axis=0)
-        f_count = f_count + w.sum(axis=0)
-    eeg_scale = np.sqrt(eeg_sq / max(eeg_count, 1))
-    f_count = np.maximum(f_count, 1)
-    f_mean = f_sum / f_count
-    f_std = np.sqrt(np.maximum(f_sq / f_count - f_mean ** 2, 0))
-    stats = dict(eeg_scale=np.where(eeg_scale > 1e-8, eeg_scale, 1.0),
-                 fnirs_mean=f_mean, fnirs_std=np.where(f_std > 1e-8, f_std, 1.0))
+    examples = [train[int(i)] for i in take]
+    eeg = np.stack([np.asarray(ex["eeg"], np.float32) for ex in examples])  # [N, C, T]
+    ctx = np.stack([np.asarray(ex["context_mask"], bool) for ex in examples])  # [N, seconds]
+    valid_t = np.repeat(ctx, eeg.shape[2] // ctx.shape[1], axis=1)[:, None, :]
+    eeg_scale = np.sqrt((eeg.astype(np.float64) ** 2 * valid_t).sum((0, 2))
+                        / max(valid_t.sum(), 1))
+    eeg_scale = np.where(eeg_scale > 1e-8, eeg_scale, 1.0)
+
+    patches = ctx.shape[1] * int(config.model.eeg_patches_per_s)
+    bands = np.asarray(physio.band_log_power(eeg, eeg_scale.astype(np.float32), patches,
+                                             eeg.shape[2] // ctx.shape[1]), np.float64)
+    valid_p = np.repeat(ctx, patches // ctx.shape[1], axis=1)  # [N, patches]
+    band_mean, band_std = _masked_moments(bands, valid_p[:, :, None, None], axes=(0, 1))
+
+    fnirs = np.stack([np.asarray(ex["fnirs"], np.float64) for ex in examples])  # [N, S, K, C]
+    mask = np.stack([np.asarray(ex["fnirs_mask"], bool) for ex in examples])
+    valid_f = (np.repeat(ctx, fnirs.shape[1] // ctx.shape[1], axis=1)[:, :, None, None]
+               & mask[:, None, None, :])
+    fnirs_mean, fnirs_std = _masked_moments(fnirs, valid_f, axes=(0, 1))
+    stats = dict(eeg_scale=eeg_scale, band_mean=band_mean, band_std=band_std,
+                 fnirs_mean=fnirs_mean, fnirs_std=fnirs_std)
     logging.info("input stats from %d train examples: EEG RMS median %.4g, fNIRS std median %.4g",
-                 len(take), np.median(stats["eeg_scale"]), np.median(stats["fnirs_std"]))
+                 len(take), np.median(eeg_scale), np.median(fnirs_std))
     return {k: v.astype(np.float32) for k, v in stats.items()}
+
+
+def _masked_moments(x, valid, axes):
+    """Mean and std of `x` over `axes` where `valid`; 0 and 1 where nothing was valid."""
+    w = np.broadcast_to(valid, x.shape).astype(np.float64)
+    count = w.sum(axis=axes)
+    mean = (x * w).sum(axis=axes) / np.maximum(count, 1)
+    var = (x ** 2 * w).sum(axis=axes) / np.maximum(count, 1) - mean ** 2
+    std = np.sqrt(np.maximum(var, 0))
+    return np.where(count > 0, mean, 0.0), np.where((count > 0) & (std > 1e-8), std, 1.0)
 
 
 def build_model(config, data, stats, rngs):
@@ -97,7 +108,9 @@ def build_model(config, data, stats, rngs):
     eeg_channels, eeg_window = f["eeg"].shape
     fnirs_steps, fnirs_types, fnirs_channels = f["fnirs"].shape
     if stats is None:
+        bands = (eeg_channels, len(physio.BANDS))
         stats = dict(eeg_scale=np.ones(eeg_channels, np.float32),
+                     band_mean=np.zeros(bands, np.float32), band_std=np.ones(bands, np.float32),
                      fnirs_mean=np.zeros((fnirs_types, fnirs_channels), np.float32),
                      fnirs_std=np.ones((fnirs_types, fnirs_channels), np.float32))
     m = config.model

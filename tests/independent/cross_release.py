@@ -1,6 +1,6 @@
 """An independent MER-Cross (track 1) release writer, features input, for tests and experiments.
 
-Written from shared/MER2026.md sections 1.4, 2.4-2.5 and from what tfds_builders/mer2026/
+Written from the published track-1 layout (CSV schemas, MERTools feature folders) and from what tfds_builders/mer2026/
 {release,csvs}.py accept, never from the project's demo writer. No demo marker is written.
 
 What it writes (the features path reads nothing else, so no audio/ or openface_face/):
@@ -62,13 +62,15 @@ def _names(rng, n, start):
 
 
 def write_cross_release(root, *, seed=0, n_train=600, n_candidates=400, dims=(768, 1024, 768),
-                        folders=FOLDERS, separation=0.1, noise=1.0, offset=0.0, scale=1.0,
+                        folders=FOLDERS, separation=0.06, noise=1.0, offset=0.0, scale=1.0,
                         dim_scale_sd=0.0, feature_level="utt", frames=(4, 16), frame_noise=0.5,
                         layout="flat", train_probs=TRAIN_PROBS, candidate_probs=None,
                         truth_path=None) -> CrossRelease:
     """Writes the release and returns its truth; see the module doc.
 
-    separation and scale may be one number or one per modality (audio, text, video).
+    separation and scale may be one number or one per modality (audio, text, video). With the
+    default dims, separation=0.06 and 2000 train rows, a logistic regression on standardised
+    features scores about 0.77 candidate WAF; the Bayes rate is higher (about 0.8 nearest mean).
     candidate_probs: the candidates' class frequencies (default: the train ones).
     """
     if feature_level not in ("utt", "frame", "frame_files"):

@@ -1,6 +1,6 @@
 """An independent MER-PS (track 4) release writer for tests and model experiments.
 
-Written from the layout in shared/MER2026.md section 5 and from what tfds_builders/mer_ps/
+Written from the published MER-PS layout and from what tfds_builders/mer_ps/
 release.py accepts, never from the project's demo writer, so the data does not share the models'
 assumptions. No demo marker is written: the builder must take it for a real release.
 
@@ -14,11 +14,15 @@ variance. label = clip(round(128 + label_sd * z), 1, 255).
 Carriers (MECHANISMS). With q = (label - 128) / label_sd - shift[s, target]:
   "hbo_theta" (default)
     valence: the mean HbO of the kept channels of FRONTAL_FNIRS over the label second, minus
-      that trial's baseline mean, is fnirs_gain * q (times a per-channel weight in 0.7-1.3).
-    arousal: the theta (4-8 Hz) power of MIDLINE_EEG over the label second is exp(eeg_gain * q)
-      times its power in the trial's baseline (log power linear in the label).
+      that trial's baseline mean, is fnirs_gain * q (times per-(trial, channel) weights in
+      0.7-1.3 and the subject's channel gains), plus label-free systemic waves.
+    arousal: MIDLINE_EEG carries one tone per (trial, channel) at a random frequency inside
+      theta (4-8 Hz); its power over the label second is exp(eeg_gain * q) times its power in
+      the trial's baseline, so log band power is linear in the label (plus the background).
   "gamma_hbr": valence in gamma (30-45 Hz) power of TEMPORAL_EEG, arousal in minus the HbR
       level of PARIETAL_FNIRS; same laws.
+The carrier channels' other haemoglobin type moves against the drive, as in a haemodynamic
+response (HbR by -0.3 x an HbO drive, HbO by -2 x an HbR drive); HbT = HbO + HbR.
 shift[s] ~ N(0, subject_shift) is a per-subject calibration offset that no signal reveals: it
 bounds what any subject-independent model can reach.
 Everything else carries no label: for EEG a 1/f background, a common reference, alpha and beta
@@ -303,7 +307,7 @@ def write_ps_release(root, *, seed=0, subjects=tuple(f"test_{i}" for i in range(
                                            fnirs_samples_per_s, noise, fnirs_gain)
             for c, kind in zip(bad[subject], ("flat", "huge", "square") * FNIRS_CHANNELS):
                 for arr in (base_f, video_f):
-                    arr[:, c] = _junk(srng, kind, arr[:, c].shape, fnirs_dc)
+                    arr[:, c] = _junk(srng, kind, arr[:, c].shape, max(fnirs_dc, 1.0))
             base_f[:3] *= fnirs_unit
             video_f[:3] *= fnirs_unit
             name = f"video_{v}"

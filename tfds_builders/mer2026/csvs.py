@@ -5,7 +5,7 @@ immutable rows in file order. Problems raise :class:`ReleaseError` with the full
 row (1-based data row plus the physical line, since free text may span lines), the column,
 what was expected and what was found.
 
-Schemas follow shared/MER2026.md section 1.4. Free text (subtitles, track-3 descriptions)
+Schemas follow the official release's CSV headers (SCHEMAS below). Free text (subtitles, track-3 descriptions)
 may hold commas, quotes and newlines, so everything goes through the ``csv`` module.
 """
 from __future__ import annotations

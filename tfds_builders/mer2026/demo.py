@@ -35,7 +35,7 @@ __all__ = ["write_demo_release", "read_demo_clips", "DemoClip", "DEMO_MARKER", "
 DEMO_MARKER = "DEMO_RELEASE.txt"
 TRUTH_DIR = "demo_truth"
 SR = 16000
-# Feature folder -> (D, which latent it carries). Dims as in shared/MER2026.md section 2.4.
+# Feature folder -> (D, which latent it carries). Dims as MERTools' extractors write them.
 DEMO_FEATURES = {"chinese-hubert-base-UTT": (768, "speaker"),
                  "chinese-macbert-large-UTT": (1024, "speaker"),
                  "clip-vit-large-patch14-UTT": (768, "listener")}
@@ -338,7 +338,7 @@ _README = """# MER2026 demo release (generated, not real data)
 
 Written by `tfds_builders.mer2026.demo.write_demo_release`; arguments are in `{marker}`.
 Same arguments give byte-identical files. Layout and CSV schemas follow the real
-`mer2026-dataset/` (shared/MER2026.md section 1); layout here: `{layout}`.
+`mer2026-dataset/` (the official release); layout here: `{layout}`.
 
 - `audio/`: 16 kHz mono PCM16 wavs, 1-2 s. `openface_face/`: uint8 [T,112,112,3] BGR npys.
 - `video/` is absent: mp4 cannot be encoded without ffmpeg.

@@ -20,6 +20,7 @@ import numpy as np
 import soundfile as sf
 
 from . import csvs
+from tfds_builders.common import walk_files
 from .csvs import ReleaseError
 from .demo import DEMO_MARKER
 
@@ -68,30 +69,6 @@ def locate_release(path) -> Path:
         f"with any of {wanted}, found none")
 
 
-def _walk_files(top: Path):
-    """Yield files under ``top`` at any depth, following symlinks but never a directory twice.
-
-    Hidden entries and ``__MACOSX`` are skipped: unzip on macOS archives leaves ``._<name>.wav``
-    resource forks that would otherwise look like duplicate samples.
-    """
-    seen: set[tuple[int, int]] = set()
-    stack = [str(top)]
-    while stack:
-        d = stack.pop()
-        st = os.stat(d)
-        if (st.st_dev, st.st_ino) in seen:
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        with os.scandir(d) as it:
-            for e in it:
-                if e.name.startswith(".") or e.name == "__MACOSX":
-                    continue
-                if e.is_dir():
-                    stack.append(e.path)
-                elif e.is_file():
-                    yield e
-
-
 def _same_bytes(a: str, b: str) -> bool:
     if os.path.getsize(a) != os.path.getsize(b):
         return False
@@ -122,7 +99,7 @@ def index_media(folder, modality: str, *, duplicates: str = "error") -> dict[str
             f"{folder}: expected the {modality} folder of the release, found no directory")
     suffix = MODALITIES[modality]
     index: dict[str, str] = {}
-    for e in _walk_files(folder):
+    for e in walk_files(folder):
         if not e.name.endswith(suffix):
             continue
         name = e.name[: -len(suffix)]

@@ -52,7 +52,7 @@ from tfds_builders.mer2026.release import feature_frames
 ROLES = ("audio", "text", "video")
 RAW_INPUTS = ("audio", "faces", "text")
 FEATURE_DIRS = ("chinese-hubert-base-UTT", "chinese-macbert-large-UTT",
-                "clip-vit-large-patch14-UTT")       # MERTools' best AVT trio (MER2026.md 2.6)
+                "clip-vit-large-patch14-UTT")       # MERTools' best AVT trio (its Track-1 README)
 FEATURE_DIMS = (768, 1024, 768)
 LANGUAGES = {"chinese": "zh", "english": "en"}
 # Why an input is missing (metadata['missing'][split][name][input]).

@@ -6,7 +6,7 @@ Two passes, both before the builder writes anything:
   2. `load_subject`: signals in full, the fNIRS_reservations.csv plausibility check
      (`reservation_check`), finiteness, baseline correction, EEG resampling, fNIRS binning,
      bad-channel zeroing. The results stay in memory until the examples are written.
-Layout and variable facts: shared/MER2026.md section 5.
+Layout and variables: the MER-PS dataset card and the official starting kit.
 """
 from __future__ import annotations
 
@@ -396,7 +396,7 @@ def reservation_check(videos: dict[str, np.ndarray], baselines: dict[str, np.nda
                       mask: np.ndarray) -> dict:
     """How the 0-marked fNIRS channels compare with the kept (1) ones, from the raw files.
 
-    `fNIRS_reservations.csv`'s "1 = keep" is an inference (shared/MER2026.md section 5.4); an
+    `fNIRS_reservations.csv`'s "1 = keep" is an inference (no source documents it); an
     inverted file would zero the good channels and feed the junk to the model without any
     error, so the signals are asked. Per channel: the HbO variance within each trial (the
     baseline-corrected signal has the same variance: the correction subtracts a per-channel
