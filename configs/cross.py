@@ -44,6 +44,8 @@ def get_config(arg=None):
         # is masked, a clip with none gets the majority training class; all counted and
         # reported (tfds_builders/mer_cross/README.md).
         on_missing="error",
+        # Clips read to estimate the input standardisation (per feature / mel dimension).
+        stats_examples=4096,
         demo=ml_collections.ConfigDict(dict(seed=0, scale=2.0)),
     ))
     c.cv = ml_collections.ConfigDict(dict(folds=5, seed=0))

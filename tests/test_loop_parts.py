@@ -10,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 
+from configs import cross as cross_config
 from configs import ps as ps_config
 from merjax import metrics, optim, sharding, tasks, train
 from merjax.data import prepare
@@ -136,6 +137,25 @@ def test_ps_input_stats_leave_out_padding_and_bad_channels():
     np.testing.assert_allclose(standardised.std(0), 1, atol=1e-3)
     # Never seen valid: neutral statistics instead of the garbage.
     assert np.all(stats["fnirs_mean"][:, 10] == 0) and np.all(stats["fnirs_std"][:, 10] == 1)
+
+
+def test_cross_input_stats_use_only_real_steps_of_present_inputs():
+    config = cross_config.get_config("runlocal")
+    rng = np.random.default_rng(0)
+    examples, real = [], []
+    for i in range(6):
+        length = [0, 1, 2][i % 3]  # 0: the clip lacks this input (stored as zeros)
+        frames = np.zeros((2, 3), np.float32)
+        frames[:length] = rng.normal(4.0, 2.0, (length, 3))
+        frames[length:] = 1e6 if length else 0.0  # padding must not leak in
+        real.append(frames[:length])
+        examples.append({f"{k}_length": np.int32(length) for k in ("audio", "text", "video")}
+                        | {k: frames for k in ("audio", "text", "video")})
+    stats = cross_task.input_stats(examples, config)
+    values = np.concatenate(real)
+    for k in ("audio", "text", "video"):
+        np.testing.assert_allclose(stats[k][0], values.mean(0), rtol=1e-5)
+        np.testing.assert_allclose(stats[k][1], values.std(0), rtol=1e-4)
 
 
 # ---------------------------------------------------------------- optimiser

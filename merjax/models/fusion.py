@@ -22,21 +22,28 @@ from merjax.models import layers, text
 
 
 class DenseStem(nnx.Module):
-    def __init__(self, in_dim, width, *, rngs):
+    """Features standardised with train statistics, projected, normalised. Without the
+    standardisation a large shared offset dominates every token after the LayerNorm and the class
+    signal becomes a tiny perturbation (measured: candidate WAF 0.53 vs 0.68)."""
+
+    def __init__(self, in_dim, width, *, stats=None, rngs):
+        self.standardize = layers.Standardize(in_dim, stats)
         self.proj = layers.dense(in_dim, width, ("features", "embed"), rngs=rngs)
         self.norm = layers.layer_norm(width, rngs=rngs)
 
     def __call__(self, x, mask):
-        return self.norm(self.proj(x)), mask
+        return self.norm(self.proj(self.standardize(x))), mask
 
 
 class MelStem(nnx.Module):
-    def __init__(self, n_mels, width, *, group=4, rngs):
+    def __init__(self, n_mels, width, *, group=4, stats=None, rngs):
         self.group = group
+        self.standardize = layers.Standardize(n_mels, stats)  # per mel band, from train frames
         self.proj = layers.dense(group * n_mels, width, ("features", "embed"), rngs=rngs)
         self.norm = layers.layer_norm(width, rngs=rngs)
 
     def __call__(self, x, mask):
+        x = self.standardize(x) * mask[..., None]  # padding stays exactly zero
         x = rearrange(x, "b (n g) m -> b n (g m)", g=self.group)
         mask = rearrange(mask, "b (n g) -> b n g", g=self.group).any(-1)
         return self.norm(self.proj(x)), mask
@@ -60,11 +67,12 @@ class FaceStem(nnx.Module):
         return self.norm(self.out(x)), mask
 
 
-def make_stem(kind, in_dim, width, *, rngs):
+def make_stem(kind, in_dim, width, *, stats=None, rngs):
+    """`stats`: (mean, std) over the input's last axis for the dense and mel stems."""
     if kind == "dense":
-        return DenseStem(in_dim, width, rngs=rngs)
+        return DenseStem(in_dim, width, stats=stats, rngs=rngs)
     if kind == "mel":
-        return MelStem(in_dim, width, rngs=rngs)
+        return MelStem(in_dim, width, stats=stats, rngs=rngs)
     if kind == "faces":
         return FaceStem(in_dim, width, rngs=rngs)
     if kind == "bytes":
@@ -78,16 +86,19 @@ def tokens_per_input(kind, length):
 
 
 class FusionTransformer(nnx.Module):
-    """`modalities`: ordered {name: (stem kind, input dim, input length)}; logits [B, classes]."""
+    """`modalities`: ordered {name: (stem kind, input dim, input length)}; logits [B, classes].
+    `stats`: {name: (mean, std)} train statistics of the dense and mel inputs (None: zeros and
+    ones, as placeholders for a restore)."""
 
     def __init__(self, *, modalities, width, depth, heads, mlp_dim, dropout, num_classes,
-                 fusion="joint", bottlenecks=4, modality_dropout=0.0, rngs):
+                 fusion="joint", bottlenecks=4, modality_dropout=0.0, stats=None, rngs):
         if fusion not in ("joint", "bottleneck"):
             raise ValueError(f"fusion must be 'joint' or 'bottleneck'; found {fusion!r}")
         self.names = tuple(modalities)
         self.fusion = fusion
         self.modality_dropout = modality_dropout
-        self.stems = nnx.Dict({m: make_stem(kind, dim, width, rngs=rngs)
+        stats = stats or {}
+        self.stems = nnx.Dict({m: make_stem(kind, dim, width, stats=stats.get(m), rngs=rngs)
                                for m, (kind, dim, _) in modalities.items()})
         self.positions = nnx.Dict({
             m: layers.Embedding(tokens_per_input(kind, length), width, rngs=rngs)

@@ -5,11 +5,29 @@ Names are the vocabulary of `config.sharding.rules`: `embed` (model width), `mlp
 """
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 _dense_init = nnx.initializers.xavier_uniform()
 _zeros = nnx.initializers.zeros_init()
 _ones = nnx.initializers.ones_init()
+
+
+class InputStats(nnx.Variable):
+    """Normalisation statistics from the train split: saved with the model, never trained."""
+
+
+class Standardize(nnx.Module):
+    """(x - mean) / std over the last axis, with train-set statistics (zeros / ones when none
+    are given: a restore overwrites them)."""
+
+    def __init__(self, dim, stats=None):
+        mean, std = (np.zeros(dim), np.ones(dim)) if stats is None else stats
+        self.mean = InputStats(jnp.asarray(mean, jnp.float32).reshape(dim))
+        self.std = InputStats(jnp.asarray(std, jnp.float32).reshape(dim))
+
+    def __call__(self, x):
+        return (x - self.mean[...]) / self.std[...]
 
 
 def dense(in_features, out_features, names, *, rngs, kernel_init=_dense_init):

@@ -25,10 +25,6 @@ LABEL_MIN, LABEL_MAX = 1.0, 255.0
 BANDS = ((1.0, 4.0), (4.0, 8.0), (8.0, 13.0), (13.0, 30.0), (30.0, 45.0))  # Hz
 
 
-class InputStats(nnx.Variable):
-    """Normalisation statistics from the train split: saved with the model, never trained."""
-
-
 def band_weights(patch, samples_per_s):
     """[patch // 2 + 1, bands]: averaging weights of each band's FFT bins (numpy, constant)."""
     freqs = np.fft.rfftfreq(patch, 1.0 / samples_per_s)
@@ -72,11 +68,11 @@ class PhysioEncoder(nnx.Module):
         self.use_prior = use_prior
         self.samples_per_s = eeg_window // context_s
         band_weights(eeg_window // self.eeg_patches, self.samples_per_s)  # fails early if unfit
-        self.eeg_scale = InputStats(jnp.asarray(stats["eeg_scale"], jnp.float32))
-        self.band_mean = InputStats(jnp.asarray(stats["band_mean"], jnp.float32))
-        self.band_std = InputStats(jnp.asarray(stats["band_std"], jnp.float32))
-        self.fnirs_mean = InputStats(jnp.asarray(stats["fnirs_mean"], jnp.float32))
-        self.fnirs_std = InputStats(jnp.asarray(stats["fnirs_std"], jnp.float32))
+        self.eeg_scale = layers.InputStats(jnp.asarray(stats["eeg_scale"], jnp.float32))
+        self.band_mean = layers.InputStats(jnp.asarray(stats["band_mean"], jnp.float32))
+        self.band_std = layers.InputStats(jnp.asarray(stats["band_std"], jnp.float32))
+        self.fnirs_mean = layers.InputStats(jnp.asarray(stats["fnirs_mean"], jnp.float32))
+        self.fnirs_std = layers.InputStats(jnp.asarray(stats["fnirs_std"], jnp.float32))
 
         self.eeg_proj = layers.dense(eeg_channels * len(BANDS), width, ("features", "embed"),
                                      rngs=rngs)
