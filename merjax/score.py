@@ -30,9 +30,8 @@ import zipfile
 from absl import flags
 
 from merjax import cli, metrics
-
-# MERTools toolkit/globals.py emos_mer: the exact lower-case strings of the files (§2.2).
-CROSS_LABELS = ("neutral", "angry", "happy", "sad", "worried", "surprise")
+# MERTools' emos_mer: the exact lower-case strings of the files (no JAX or TFDS behind it).
+from tfds_builders.mer2026.csvs import TRACK1_LABELS as CROSS_LABELS
 # The MER-PS scorer takes integers on the raw label scale (§5.7).
 PS_MIN, PS_MAX = metrics.PS_MIN, metrics.PS_MAX
 # A plain decimal number. float() alone would also take "1_0" (= 10), which a CSV scorer does not.

@@ -112,16 +112,22 @@ CROSS_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize("answer_lines, fragments", CROSS_ERRORS)
-def test_cross_errors_name_file_and_line(tmp_path, answer_lines, fragments):
-    truth = write(tmp_path / "truth.csv", CROSS_TRUTH)
-    answer = write(tmp_path / "answer.csv", answer_lines)
+def assert_one_line_error(tmp_path, scorer, truth_lines, answer_name, answer_lines, fragments):
+    """Scoring fails with a ScoreError of one line holding every fragment."""
+    truth = write(tmp_path / "truth.csv", truth_lines)
+    answer = write(tmp_path / answer_name, answer_lines)
     with pytest.raises(ScoreError) as info:
-        score.score_cross(truth, answer)
+        scorer(truth, answer)
     message = str(info.value)
     assert "\n" not in message
     for fragment in fragments:
         assert fragment in message
+
+
+@pytest.mark.parametrize("answer_lines, fragments", CROSS_ERRORS)
+def test_cross_errors_name_file_and_line(tmp_path, answer_lines, fragments):
+    assert_one_line_error(tmp_path, score.score_cross, CROSS_TRUTH, "answer.csv", answer_lines,
+                          fragments)
 
 
 def test_cross_bad_truth_label_names_the_truth(tmp_path):
@@ -225,15 +231,8 @@ PS_ERRORS = [
 
 @pytest.mark.parametrize("answer_lines, fragments", PS_ERRORS)
 def test_ps_errors_name_file_and_line(tmp_path, answer_lines, fragments):
-    truth = write(tmp_path / "truth.csv", PS_TRUTH)
-    answer = write(tmp_path / "predictions.csv", answer_lines)
-    with pytest.raises(ScoreError) as info:
-        score.score_ps(truth, answer)
-    message = str(info.value)
-    assert "\n" not in message
-    assert "predictions.csv" in message
-    for fragment in fragments:
-        assert fragment in message
+    assert_one_line_error(tmp_path, score.score_ps, PS_TRUTH, "predictions.csv", answer_lines,
+                          ["predictions.csv", *fragments])
 
 
 def test_missing_files_are_score_errors(tmp_path):

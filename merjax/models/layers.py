@@ -18,8 +18,8 @@ class InputStats(nnx.Variable):
 
 
 class Standardize(nnx.Module):
-    """(x - mean) / std over the last axis, with train-set statistics (zeros / ones when none
-    are given: a restore overwrites them)."""
+    """(x - mean) / std over the trailing axes of shape `dim` (an int or a shape), with
+    train-set statistics (zeros / ones when none are given: a restore overwrites them)."""
 
     def __init__(self, dim, stats=None):
         mean, std = (np.zeros(dim), np.ones(dim)) if stats is None else stats

@@ -69,10 +69,10 @@ class PhysioEncoder(nnx.Module):
         self.samples_per_s = eeg_window // context_s
         band_weights(eeg_window // self.eeg_patches, self.samples_per_s)  # fails early if unfit
         self.eeg_scale = layers.InputStats(jnp.asarray(stats["eeg_scale"], jnp.float32))
-        self.band_mean = layers.InputStats(jnp.asarray(stats["band_mean"], jnp.float32))
-        self.band_std = layers.InputStats(jnp.asarray(stats["band_std"], jnp.float32))
-        self.fnirs_mean = layers.InputStats(jnp.asarray(stats["fnirs_mean"], jnp.float32))
-        self.fnirs_std = layers.InputStats(jnp.asarray(stats["fnirs_std"], jnp.float32))
+        self.band_standardize = layers.Standardize(
+            (eeg_channels, len(BANDS)), (stats["band_mean"], stats["band_std"]))
+        self.fnirs_standardize = layers.Standardize(
+            (fnirs_types, fnirs_channels), (stats["fnirs_mean"], stats["fnirs_std"]))
 
         self.eeg_proj = layers.dense(eeg_channels * len(BANDS), width, ("features", "embed"),
                                      rngs=rngs)
@@ -92,11 +92,11 @@ class PhysioEncoder(nnx.Module):
 
     def _eeg_tokens(self, eeg):
         bands = band_log_power(eeg, self.eeg_scale[...], self.eeg_patches, self.samples_per_s)
-        bands = (bands - self.band_mean[...]) / self.band_std[...]
+        bands = self.band_standardize(bands)
         return self.eeg_norm(self.eeg_proj(rearrange(bands, "b n c k -> b n (c k)")))
 
     def _fnirs_tokens(self, fnirs, fnirs_mask):
-        x = (fnirs - self.fnirs_mean[...]) / self.fnirs_std[...]
+        x = self.fnirs_standardize(fnirs)
         x = x * fnirs_mask[:, None, None, :]  # bad channels contribute nothing
         return self.fnirs_norm(self.fnirs_proj(rearrange(x, "b t k c -> b t (k c)")))
 

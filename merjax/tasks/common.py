@@ -1,7 +1,10 @@
-"""Pieces every task uses: the Fold it hands the loop and the submission CSV writer."""
+"""Pieces every task uses: the Fold it hands the loop, input-statistics helpers and the
+submission CSV writer."""
 import csv
 import dataclasses
 import os
+
+import numpy as np
 
 
 @dataclasses.dataclass
@@ -11,6 +14,21 @@ class Fold:
     train: object
     validation: object
     predict: object | None  # the split the submission is written for
+
+
+def stats_sample(source, limit):
+    """Indices of at most `limit` examples spread evenly over `source` (input statistics)."""
+    n = len(source)
+    return np.unique(np.linspace(0, n - 1, min(n, int(limit))).astype(int))
+
+
+def moments(total, squares, count, floor):
+    """Mean and std from sums of values and of their squares over `count` values; 0 and 1 where
+    nothing was counted or the std is below `floor` (a constant input is left unscaled)."""
+    seen = np.maximum(count, 1)
+    mean = total / seen
+    std = np.sqrt(np.maximum(squares / seen - mean ** 2, 0))
+    return np.where(count > 0, mean, 0.0), np.where((count > 0) & (std > floor), std, 1.0)
 
 
 def write_csv(path, header, rows):

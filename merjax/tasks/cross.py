@@ -135,8 +135,7 @@ def export_metadata(data):
 def input_stats(train, config):
     """Per-dimension mean/std of the feature (or log-mel) inputs over the train split's real
     steps; faces and bytes normalise themselves. {name: (mean [D], std [D])}."""
-    n = len(train)
-    take = np.unique(np.linspace(0, n - 1, min(n, int(config.data.stats_examples))).astype(int))
+    take = common.stats_sample(train, config.data.stats_examples)
     names = [k for k in ("audio", "text", "video") if f"{k}_length" in train[0]
              and np.ndim(train[0][k]) == 2]
     sums = {k: 0.0 for k in names}
@@ -151,10 +150,9 @@ def input_stats(train, config):
             counts[k] += len(x)
     stats = {}
     for k in names:
-        count = max(counts[k], 1)
-        mean = np.asarray(sums[k]) / count
-        std = np.sqrt(np.maximum(np.asarray(squares[k]) / count - mean ** 2, 0))
-        stats[k] = (mean.astype(np.float32), np.where(std > 1e-6, std, 1.0).astype(np.float32))
+        mean, std = common.moments(np.asarray(sums[k]), np.asarray(squares[k]), counts[k],
+                                   floor=1e-6)
+        stats[k] = (mean.astype(np.float32), std.astype(np.float32))
     logging.info("input stats from %d train clips: %s", len(take),
                  ", ".join(f"{k} mean |mean| {np.abs(m).mean():.3g}, mean std {s.mean():.3g}"
                            for k, (m, s) in stats.items()))

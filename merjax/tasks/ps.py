@@ -64,8 +64,7 @@ def input_stats(train, config):
 
     Padding (seconds before the recording) and bad fNIRS channels are left out of the estimates.
     """
-    n = len(train)
-    take = np.unique(np.linspace(0, n - 1, min(n, int(config.data.stats_examples))).astype(int))
+    take = common.stats_sample(train, config.data.stats_examples)
     examples = [train[int(i)] for i in take]
     eeg = np.stack([np.asarray(ex["eeg"], np.float32) for ex in examples])  # [N, C, T]
     ctx = np.stack([np.asarray(ex["context_mask"], bool) for ex in examples])  # [N, seconds]
@@ -95,11 +94,8 @@ def input_stats(train, config):
 def _masked_moments(x, valid, axes):
     """Mean and std of `x` over `axes` where `valid`; 0 and 1 where nothing was valid."""
     w = np.broadcast_to(valid, x.shape).astype(np.float64)
-    count = w.sum(axis=axes)
-    mean = (x * w).sum(axis=axes) / np.maximum(count, 1)
-    var = (x ** 2 * w).sum(axis=axes) / np.maximum(count, 1) - mean ** 2
-    std = np.sqrt(np.maximum(var, 0))
-    return np.where(count > 0, mean, 0.0), np.where((count > 0) & (std > 1e-8), std, 1.0)
+    return common.moments((x * w).sum(axis=axes), (x ** 2 * w).sum(axis=axes),
+                          w.sum(axis=axes), floor=1e-8)
 
 
 def build_model(config, data, stats, rngs):
