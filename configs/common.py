@@ -78,6 +78,10 @@ def base_config():
         end_lr_fraction=0.05,
         grad_clip_norm=1.0,  # <= 0 disables clipping
     ))
+    # The linear reference read-out fitted beside every model (merjax/reference.py): the L2
+    # penalties it chooses from on the selection split, and L-BFGS iterations (logistic).
+    c.reference = ml_collections.ConfigDict(dict(l2=(1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0),
+                                                 iterations=300))
     # Multi-host: call jax.distributed.initialize() before any JAX op (Slurm/TPU auto-detect).
     c.distributed = False
     return c

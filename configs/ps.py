@@ -36,6 +36,9 @@ def get_config(arg=None):
         # Subject-disjoint split; the official kit trains on 1-20 and validates on 21-24.
         train_subjects=tuple(range(1, 21)),
         validation_subjects=(21, 22, 23, 24),
+        # Training subjects held out of training to select the model state and the
+        # reference's penalty; the validation subjects are only evaluated.
+        inner_subjects=(17, 18, 19, 20),
         # Examples read to estimate the input normalisation statistics.
         stats_examples=2048,
         demo=ml_collections.ConfigDict(dict(seed=0, num_subjects=24, min_seconds=4,
@@ -43,7 +46,7 @@ def get_config(arg=None):
     ))
 
     c.model = ml_collections.ConfigDict(dict(
-        name="physio",
+        name="physio",  # or "ridge": the reference read-out alone (merjax/reference.py)
         width=64,
         depth=2,
         heads=4,
@@ -85,10 +88,11 @@ def get_config(arg=None):
         c.data.num_shards = 16
     if arg.runlocal:
         c.data.num_shards = 2
-        c.data.train_subjects = (1, 2)
-        c.data.validation_subjects = (3,)
+        c.data.train_subjects = (1, 2, 3)
+        c.data.inner_subjects = (3,)
+        c.data.validation_subjects = (4,)
         c.data.stats_examples = 128
-        c.data.demo.num_subjects = 3
+        c.data.demo.num_subjects = 4
         c.data.demo.min_seconds = 2
         c.data.demo.max_seconds = 3
         c.model.width = 32

@@ -2,23 +2,38 @@
 
     python -m merjax.score --track=ps    --truth=TRUTH --answer=predictions.csv|answer.zip|DIR
     python -m merjax.score --track=cross --truth=track1_test.csv --answer=answer.zip|answer.csv
+    python -m merjax.score --track=fg    --truth=track2_test.csv --answer=answer.zip|answer.csv
+    python -m merjax.score --track=prefer --truth=TRUTH.csv --answer=answer.zip|answer.csv
 
 Prints one JSON line with the scores on stdout and nothing else there:
     ps:    {"mae", "mae_valence", "mae_arousal", "mse", "n"}   (MAE is the ranking score)
     cross: {"waf", "acc", "n"}                                  (WAF is the ranking score)
+    fg:    {"ew_f1", "ew_p", "ew_r", "n", and per wheel K = 1..5 "wheelK_f1", "wheelK_p",
+            "wheelK_r", "wheelK_n" (samples counted)}            (EW-F1 is the ranking score)
+    prefer: {"waf", "acc", "n" (rows scored: gold not a tie), "waf3", "rows"}
+                                                                (WAF is the ranking score)
 A file the official scorer would reject (or mis-score) is one line on stderr naming the file, the
 line and what was expected and found, and exit code 2.
 
 Like the official scorers, scoring iterates over the ids of the TRUTH file and looks each one up
 in the answer. The MER-PS rules (every sample_id exactly once, no unknown ids, finite integers in
 [1, 255]) come from the starting kit (§5.7); the MER-Cross rules from MERTools evaluation.py (every
-truth name present with one of the 6 labels; extra names are ignored, here with a warning).
+truth name present with one of the 6 labels; extra names are ignored, here with a warning); the
+MER-FG rules from MERTools' Track-2 evaluation.py and wheel.py (every truth name present; any
+`openset` text parses, words outside the emotion wheel's vocabulary are dropped; extra names are
+ignored, with a warning).
+
+MER-Prefer is the exception: its candidate names repeat, so rows are matched BY POSITION, as
+MER2026_Track3's func_preference_metric zips them (§6.3): the answer must have the truth's rows, in
+its order, each with the truth's name, a1 and a2 (§6.3 zips the two preference columns only;
+the check makes a shuffled or truncated answer an error instead of a silently wrong score).
 
 Another track is one more `score_<track>(truth_path, answer_path) -> dict` added to SCORERS.
 Nothing here needs JAX (but see metrics.py's imports).
 """
 import contextlib
 import csv
+import functools
 import io
 import json
 import math
@@ -30,8 +45,12 @@ import zipfile
 from absl import flags
 
 from merjax import cli, metrics
+# The MER-FG tables (format.csv, synonym.xlsx, wheel1..5.xlsx), read without unpickling anything.
+from tfds_builders.mer2026 import emotion_wheel
 # MERTools' emos_mer: the exact lower-case strings of the files (no JAX or TFDS behind it).
 from tfds_builders.mer2026.csvs import TRACK1_LABELS as CROSS_LABELS
+# MER-Prefer's preferences in the metric's order: a1=0, a2=1, same=2.
+from tfds_builders.mer2026.csvs import PREFERENCES
 # The MER-PS scorer takes integers on the raw label scale (§5.7).
 PS_MIN, PS_MAX = metrics.PS_MIN, metrics.PS_MAX
 # A plain decimal number. float() alone would also take "1_0" (= 10), which a CSV scorer does not.
@@ -161,6 +180,15 @@ def _missing_ids(truth_name, truth, answer_name, answer, id_column):
 def _unknown_ids(answer, truth):
     """Answer ids not in the truth, in file order: [(line, id)]."""
     return [(line, k) for k, (line, _) in answer.items() if k not in truth]
+
+
+def _warn_extra(truth_name, truth, answer_name, answer):
+    """Answer names the scorer never looks at: they cannot change the score, so a warning."""
+    extra = _unknown_ids(answer, truth)
+    if extra:
+        print(f"warning: {answer_name}: {len(extra)} name(s) not in {truth_name} are ignored, "
+              f"as by the official scorer (first {extra[0][1]!r} at line {extra[0][0]})",
+              file=sys.stderr)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -306,11 +334,7 @@ def score_cross(truth_path, answer_path):
     answer_name, rows = _answer_rows(answer_path, "answer.csv", ("name", "discrete"))
     answer = _by_id(answer_name, rows, "name")
     _missing_ids(truth_name, truth, answer_name, answer, "name")
-    extra = _unknown_ids(answer, truth)
-    if extra:  # evaluation.py never looks at them, so they do not change the score
-        print(f"warning: {answer_name}: {len(extra)} name(s) not in {truth_name} are ignored, "
-              f"as by the official scorer (first {extra[0][1]!r} at line {extra[0][0]})",
-              file=sys.stderr)
+    _warn_extra(truth_name, truth, answer_name, answer)  # evaluation.py never looks at them
     y_true, y_pred = [], []
     for name, (truth_line, row) in truth.items():
         y_true.append(_cross_label(row["discrete"], f"{truth_name} line {truth_line}"))
@@ -322,25 +346,118 @@ def score_cross(truth_path, answer_path):
 
 
 # ------------------------------------------------------------------------------------------------
+# MER-FG (track 2): the emotion-wheel F1 over open-vocabulary words
+
+
+def _emotion_wheel(folder):
+    """The emotion-wheel tables of `folder` (None: the copies carried with the code)."""
+    try:
+        return emotion_wheel.load(folder)
+    except emotion_wheel.ReleaseError as e:  # names the file; exit 2 like a bad answer file
+        raise ScoreError(f"emotion wheel: {e}") from None
+
+
+def score_fg(truth_path, answer_path, wheel_dir=None):
+    """MER-FG scores of answer.csv (or answer.zip) against track2_test.csv (name,openset).
+
+    `openset` cells of both files may be `a,b`, `[a, b]` or `['a', 'b']` (string_to_list, as
+    MERTools parses them); wheel_dir: another folder holding the emotion-wheel tables.
+    """
+    wheel = _emotion_wheel(wheel_dir)
+    truth_name, truth_rows = _read_rows(truth_path, ("name", "openset"))
+    truth = _by_id(truth_name, truth_rows, "name")
+    if not truth:
+        raise ScoreError(f"{truth_name}: no samples; the truth needs at least one row")
+    answer_name, rows = _answer_rows(answer_path, "answer.csv", ("name", "openset"))
+    answer = _by_id(answer_name, rows, "name")
+    _missing_ids(truth_name, truth, answer_name, answer, "name")
+    _warn_extra(truth_name, truth, answer_name, answer)
+    gold = [row["openset"] for _, row in truth.values()]
+    pred = [answer[name][1]["openset"] for name in truth]
+    return metrics.ew_scores(gold, pred, wheel)
+
+
+# ------------------------------------------------------------------------------------------------
+# MER-Prefer (track 3): two-class WAF over rows matched by position
+
+_PREFER_COLUMNS = ("name", "a1", "a2", "preference")
+
+
+def _preference(text, where):
+    """The metric's code of a preference cell: exactly a1, a2 or same (the official lookup takes
+    nothing else; `same` is scored as a1 on the answer side)."""
+    if text not in PREFERENCES:
+        raise ScoreError(f"{where}: preference {text!r} is not one of "
+                         f"{', '.join(PREFERENCES)} (exact, lower case)")
+    return PREFERENCES.index(text)
+
+
+def _same_text(a, b):
+    """Descriptions agree up to line-break style and outer spaces (a spreadsheet may rewrite
+    those); anything else is another pair."""
+    def norm(t):
+        return t.replace("\r\n", "\n").replace("\r", "\n").strip()
+    return norm(a) == norm(b)
+
+
+def score_prefer(truth_path, answer_path):
+    """MER-Prefer scores of answer.csv (or answer.zip) against a truth name,a1,a2,preference
+    (the candidate file's rows with the human preference), rows matched by position."""
+    truth_name, truth = _read_rows(truth_path, _PREFER_COLUMNS)
+    if not truth:
+        raise ScoreError(f"{truth_name}: no rows; the truth needs at least one row")
+    answer_name, answer = _answer_rows(answer_path, "answer.csv", _PREFER_COLUMNS)
+    if len(answer) != len(truth):
+        raise ScoreError(f"{answer_name}: {len(answer)} data rows, {truth_name} has "
+                         f"{len(truth)}; expected one answer row per truth row, in its order "
+                         f"(repeated names kept)")
+    gold, pred = [], []
+    for row, ((truth_line, t), (line, a)) in enumerate(zip(truth, answer), start=1):
+        for column in ("name", "a1", "a2"):
+            if not (_same_text(a[column], t[column]) if column != "name"
+                    else a[column] == t[column]):
+                raise ScoreError(f"{answer_name} line {line} (data row {row}): {column} "
+                                 f"{_clip(a[column])!r} differs from {truth_name} line "
+                                 f"{truth_line}: {_clip(t[column])!r}; expected the truth's "
+                                 f"rows in its order")
+        gold.append(_preference(t["preference"], f"{truth_name} line {truth_line}"))
+        pred.append(_preference(a["preference"], f"{answer_name} line {line}"))
+    return {**metrics.preference_scores(gold, pred),
+            "waf3": metrics.preference_waf3(gold, pred), "rows": len(gold)}
+
+
+def _clip(text, limit=60):
+    """The start of a long cell, for a one-line message."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+# ------------------------------------------------------------------------------------------------
 # Command line
 
-# Track name -> scorer(truth_path, answer_path) -> dict of scores. MER-FG ("fg") and MER-Prefer
-# ("prefer") are one function each here.
-SCORERS = {"ps": score_ps, "cross": score_cross}
+# Track name -> scorer(truth_path, answer_path) -> dict of scores.
+SCORERS = {"ps": score_ps, "cross": score_cross, "fg": score_fg, "prefer": score_prefer}
 
 _TRACK = flags.DEFINE_enum("track", None, sorted(SCORERS), "Which track's scorer to run.")
 _TRUTH = flags.DEFINE_string(
     "truth", None, "Ground truth: ps: CSV sample_id,valence,arousal or a folder with "
-    "sample_ids.csv + targets.csv; cross: track1_test.csv (name,discrete).")
+    "sample_ids.csv + targets.csv; cross: track1_test.csv (name,discrete); fg: "
+    "track2_test.csv (name,openset); prefer: the candidate rows with their preference "
+    "(name,a1,a2,preference).")
 _ANSWER = flags.DEFINE_string(
     "answer", None, "The submission: a CSV, or a zip (or folder) holding the track's CSV "
-    "(ps: predictions.csv, cross: answer.csv).")
+    "(ps: predictions.csv, cross, fg and prefer: answer.csv).")
+_EMOTION_WHEEL_DIR = flags.DEFINE_string(
+    "emotion_wheel_dir", None, "fg only: a folder holding format.csv, synonym.xlsx and "
+    "wheel1..5.xlsx (default: the copies in tfds_builders/mer2026/emotion_wheel/).")
 
 
 def main(argv):
     del argv  # cli.run refuses stray arguments
+    scorer = SCORERS[_TRACK.value]
+    if _TRACK.value == "fg":
+        scorer = functools.partial(scorer, wheel_dir=_EMOTION_WHEEL_DIR.value)
     try:
-        scores = SCORERS[_TRACK.value](_TRUTH.value, _ANSWER.value)
+        scores = scorer(_TRUTH.value, _ANSWER.value)
     except ScoreError as e:  # exit 2 like every scorer's "your file is wrong"
         cli.exit_with(f"error: {e}", 2)
     print(json.dumps(scores))

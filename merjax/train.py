@@ -20,10 +20,11 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from merjax import checkpoint, export, metrics, optim, sharding, tasks
+from merjax import checkpoint, export, metrics, optim, reference, sharding, tasks
 from merjax.data import pipeline, prepare
 
 MODES = ("train", "evaluate", "predict", "export")
+SELECT_PREFIX = "inner/"  # scores on a fold's own selection split (Fold.select)
 
 
 @dataclasses.dataclass
@@ -95,22 +96,32 @@ def check_batch_sizes(config, mesh):
 
 
 def run_fold(config, workdir, mode, task, mesh, data, fold, writer):
-    """Trains (or restores), selects, then exports, evaluates or predicts; one FoldResult."""
+    """Trains (or restores), selects, then exports, evaluates or predicts; one FoldResult.
+
+    The task's linear reference is fitted first (train and evaluate; seconds) so its scores
+    sit beside the model's; with `config.model.name` naming it, it is the fold's model.
+    """
     fold_dir = workdir if fold.name is None else os.path.join(workdir, fold.name)
+    logging.info("%s: %d train / %d validation examples (%s release)",
+                 fold.name or "data", len(fold.train), len(fold.validation), data.release)
+    transform = task.make_transform(config, data)
+    readout = task.reference(config, data)
+    if config.model.name == readout.name:
+        return reference_fold(config, mode, task, data, fold, writer, readout, transform)
+    fitted = (fit_reference(config, task, data, fold, readout, transform)
+              if mode in ("train", "evaluate") else None)
     ckpt = checkpoint.Checkpointer(fold_dir, keep=config.keep_checkpoints)
-    # The state with the best validation score, when the task selects one (task.SELECT).
+    # The state with the best selection score, when the task selects one (task.SELECT).
     best = checkpoint.Checkpointer(fold_dir, keep=1, subdir="best") if task.SELECT else None
     try:
         latest = ckpt.latest_step()
         if mode != "train" and latest is None:
             raise FileNotFoundError(f"--mode={mode} needs a checkpoint; none in {ckpt.directory}."
                                     f" Train first with --mode=train and the same --workdir")
-        logging.info("%s: %d train / %d validation examples (%s release)",
-                     fold.name or "data", len(fold.train), len(fold.validation), data.release)
         # Statistics come from the data only for a fresh model; a restore brings its own.
         stats = task.input_stats(fold.train, config) if latest is None else None
         model_state = ModelState(config, mesh, task, data, stats, fold_index=fold.index)
-        evaluator = Evaluator(config, mesh, task, model_state, task.make_transform(config, data))
+        evaluator = Evaluator(config, mesh, task, model_state, transform, fitted)
         scores = cached = None
         if mode == "train":
             state, step, scores, cached = train_fold(
@@ -124,16 +135,17 @@ def run_fold(config, workdir, mode, task, mesh, data, fold, writer):
         if mode == "export":
             export.export(os.path.join(fold_dir, "export"), task=task,
                           graphdef=model_state.graphdef, state=state,
-                          example=evaluator.transform(fold.validation[0]),
+                          example=transform(fold.validation[0]),
                           input_names=task.model_inputs(config, data),
                           meta=dict(task=config.task, step=step, release=data.release,
                                     release_id=data.release_id, fold=fold.name,
                                     **task.export_metadata(data)))
             return FoldResult(fold.name, step, {})
         if scores is None or mode == "evaluate":  # evaluate always measures afresh
-            cached = evaluator(state, fold.validation)
-            scores = task.eval_metrics(cached[1], cached[2])
+            scores, cached = measure(evaluator, task, data, fold, state)
             _log_scores(fold, step, scores, "selected state" if task.SELECT else "")
+        if fitted is not None:
+            check_beats_reference(task, fold, scores)
         if mode == "evaluate" or fold.predict is None:
             return FoldResult(fold.name, step, scores)
         ids, outputs, kept = (cached if cached is not None and fold.predict is fold.validation
@@ -143,6 +155,80 @@ def run_fold(config, workdir, mode, task, mesh, data, fold, writer):
         ckpt.close()
         if best is not None:
             best.close()
+
+
+def fit_reference(config, task, data, fold, readout, transform):
+    """The task's linear read-out fitted on the fold's train split, its penalty chosen on the
+    fold's selection split by the task's selection metric (or its first metric)."""
+    start = time.time()
+    metric, direction = task.SELECT or (None, "max")
+
+    def score(outputs, rows):
+        values = task.eval_metrics(outputs, rows, data, prefix="")
+        return values[metric] if metric else next(iter(values.values()))
+
+    fitted = reference.fit(readout, fold.train, fold.selection, transform,
+                           fields=task.EVAL_FIELDS, id_field=task.ID_FIELD,
+                           l2_grid=tuple(config.reference.l2), score=score,
+                           higher_is_better=direction == "max",
+                           iterations=int(config.reference.iterations))
+    logging.info("%s: reference %s fitted in %.1f s", fold.name or "run", readout.name,
+                 time.time() - start)
+    return fitted
+
+
+def reference_fold(config, mode, task, data, fold, writer, readout, transform):
+    """The fold when the reference read-out is the model: fitted afresh in every mode (it is
+    deterministic and takes seconds), nothing to checkpoint or export."""
+    if mode == "export":
+        raise ValueError(f"config.model.name={readout.name!r} is the reference read-out, "
+                         f"refitted by every run; --mode=export serves trained models")
+    fitted = fit_reference(config, task, data, fold, readout, transform)
+    scores = task.eval_metrics(*fitted.outputs(fold.validation)[1:], data)
+    if fold.select is not None:
+        scores.update(task.eval_metrics(*fitted.outputs(fold.select)[1:], data,
+                                        prefix=SELECT_PREFIX))
+    _log_scores(fold, 0, scores, f"reference {readout.name}")
+    writer.start(0, fold=fold.index)
+    writer.write(0, scores, fold=fold.index)
+    if mode == "evaluate" or fold.predict is None:
+        return FoldResult(fold.name, 0, scores)
+    return FoldResult(fold.name, 0, scores, *fitted.outputs(fold.predict))
+
+
+def measure(evaluator, task, data, fold, state):
+    """Validation scores ("val/"), and the selection split's ("inner/") when the fold has its
+    own; with the validation evaluation (ids, outputs, kept) for reuse."""
+    cached = evaluator(state, fold.validation)
+    scores = task.eval_metrics(cached[1], cached[2], data)
+    if fold.select is not None:
+        scores.update(task.eval_metrics(*evaluator(state, fold.select)[1:], data,
+                                        prefix=SELECT_PREFIX))
+    return scores, cached
+
+
+def selection_key(task, fold, reference=False):
+    """The scores key that selects the state: "inner/mae", "val/waf", ... ("ref_" inserted for
+    the reference's score on the same split)."""
+    prefix = SELECT_PREFIX if fold.select is not None else "val/"
+    return f"{prefix}{'ref_' if reference else ''}{task.SELECT[0]}"
+
+
+def check_beats_reference(task, fold, scores):
+    """A loud warning when the selected state does not beat the linear reference on the
+    selection split: then the deep model adds nothing the read-out does not already give."""
+    if not task.SELECT:
+        return
+    key, ref_key = selection_key(task, fold), selection_key(task, fold, reference=True)
+    if ref_key not in scores:
+        return
+    if not _improves(scores[key], scores[ref_key], task.SELECT[1]):
+        bar = "!" * 78
+        logging.warning("\n%s\n%s: THE MODEL DOES NOT BEAT ITS LINEAR REFERENCE on the "
+                        "selection split: %s=%.4g vs %s=%.4g. Its predictions are no better than"
+                        " a read-out fitted in seconds; check the schedule, the model size or "
+                        "the data.\n%s", bar, fold.name or "run", key, scores[key], ref_key,
+                        scores[ref_key], bar)
 
 
 def train_fold(config, task, data, fold, model_state, evaluator, ckpt, best, writer):
@@ -164,7 +250,7 @@ def train_fold(config, task, data, fold, model_state, evaluator, ckpt, best, wri
     writer.start(step, fold=fold.index)  # rows past `step` from an interrupted run are dropped
     best_value = None
     if best is not None and best.latest_step() is not None:
-        best_value = best.meta(best.latest_step())["scores"][task.SELECT[0]]
+        best_value = best.meta(best.latest_step())["scores"][selection_key(task, fold)]
     if step < config.total_steps:
         logging.info("training %s parameters from step %d to %d",
                      f"{model_state.num_params:,}", step, config.total_steps)
@@ -185,13 +271,12 @@ def train_fold(config, task, data, fold, model_state, evaluator, ckpt, best, wri
                 log.flush()
             if step % config.eval_every == 0 or last:
                 log.flush()  # never select or keep a state whose loss went non-finite
-                cached = evaluator(state, fold.validation)
-                scores = task.eval_metrics(cached[1], cached[2])
+                scores, cached = measure(evaluator, task, data, fold, state)
                 writer.write(step, scores, fold=fold.index)
                 _log_scores(fold, step, scores)
-                if best is not None and _improves(scores[task.SELECT[0]], best_value,
-                                                  task.SELECT[1]):
-                    best_value = scores[task.SELECT[0]]
+                key = selection_key(task, fold)
+                if best is not None and _improves(scores[key], best_value, task.SELECT[1]):
+                    best_value = scores[key]
                     best.save(step, state, None, _meta(data, step, scores))
             stopping = stop.signum is not None and not last
             if step % config.checkpoint_every == 0 or last or stopping:
@@ -210,8 +295,9 @@ def select(best, model_state, task, fold, state, step, scores, cached):
         return state, step, scores, cached
     best_step = best.latest_step()
     best_state, meta = best.restore(best_step, model_state.restore_target())
+    key = selection_key(task, fold)
     logging.info("%s: using the best state, step %d (%s=%.4g)", fold.name or "run", best_step,
-                 task.SELECT[0], meta["scores"][task.SELECT[0]])
+                 key, meta["scores"][key])
     return best_state, best_step, meta["scores"], None
 
 
@@ -219,12 +305,14 @@ class Evaluator:
     """Every example of a split once, through the jitted eval step on the mesh.
 
     `evaluator(state, source)` returns (ids, outputs, kept fields) in split order, gathered
-    from every process; padding added to the last batch is masked out.
+    from every process; padding added to the last batch is masked out. With a fitted
+    reference, kept["reference"] holds its outputs for the same examples.
     """
 
-    def __init__(self, config, mesh, task, model_state, transform):
+    def __init__(self, config, mesh, task, model_state, transform, reference=None):
         self.config, self.mesh, self.task, self.transform = config, mesh, task, transform
         self.eval_step = model_state.eval_step()
+        self.reference = reference
 
     def __call__(self, state, source):
         task, local_ids, parts = self.task, {}, []
@@ -246,6 +334,8 @@ class Evaluator:
         # Ids of examples another process evaluated are read back from the source.
         ids = [local_ids[i] if i in local_ids else pipeline.decode_id(source[i], task.ID_FIELD)
                for i in rows["index"].tolist()]
+        if self.reference is not None:
+            rows["reference"] = self.reference.outputs(source)[1]
         return ids, rows.pop("out"), rows
 
 

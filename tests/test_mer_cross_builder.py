@@ -15,6 +15,7 @@ from merjax.data import prepare
 from tfds_builders import features
 from tfds_builders.mer2026 import TRACK1_LABELS, ReleaseError, demo, write_demo_release
 from tfds_builders.mer_cross import mer_cross_dataset_builder as mc
+from tests.clip_builders import build_cache, read_csv
 
 TINY = dict(seed=0, scale=0.01, num_track1_train=12, num_candidates=4, face_frames=(3, 10))
 HUBERT, BERT, CLIP = mc.FEATURE_DIRS
@@ -36,15 +37,7 @@ def roots(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def build(tmp_path_factory):
-    done = {}
-
-    def _build(root, config):
-        key = (str(root), config.name)
-        if key not in done:
-            done[key] = prepare.build(mc.Builder, config, manual_dir=root, num_shards=2,
-                                        data_dir=tmp_path_factory.mktemp("tfds"))
-        return done[key]
-    return _build
+    return build_cache(mc.Builder, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
@@ -69,11 +62,6 @@ def records(roots, build):
 def broken(roots, tmp_path):
     """A private copy of the flat release, for tests that damage it."""
     return pathlib.Path(shutil.copytree(roots[0], tmp_path / "release"))
-
-
-def _csv(path):
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
 
 
 def _build_fails(root, config, tmp_path, match):
@@ -106,8 +94,8 @@ def _log_mel_reference(wave, n_mels=80):
 
 @pytest.mark.parametrize("config", [UTT, RAW], ids=["features", "raw"])
 def test_splits_match_the_csvs_with_labels_by_name_and_candidate_order(roots, records, config):
-    train_rows = _csv(roots[0] / "track1_train.csv")
-    cand_rows = _csv(roots[0] / "track1_track2_candidate.csv")
+    train_rows = read_csv(roots[0] / "track1_train.csv")
+    cand_rows = read_csv(roots[0] / "track1_track2_candidate.csv")
     recs = records(config)
     assert (len(recs["train"]), len(recs["candidates"])) == (len(train_rows), len(cand_rows))
     assert (len(train_rows), len(cand_rows)) == (12, 4)
@@ -217,7 +205,7 @@ def test_raw_faces_are_rgb_at_the_sampled_indices(roots, records):
 
 
 def test_raw_text_is_the_chinese_subtitle_cut_on_a_character_boundary(roots, records):
-    subs = {r["name"]: r["chinese"] for r in _csv(roots[0] / "subtitle_chieng.csv")}
+    subs = {r["name"]: r["chinese"] for r in read_csv(roots[0] / "subtitle_chieng.csv")}
     recs = records(RAW)
     cut = 0
     for split in SPLITS:
@@ -258,7 +246,7 @@ def test_metadata(roots, build):
     assert meta["num_missing"] == {s: {"audio": 0, "text": 0, "video": 0} for s in SPLITS}
     assert meta["no_input"] == {"train": [], "candidates": []}
     assert meta["num_no_input"] == {"train": 0, "candidates": 0}
-    labels = [r["discrete"] for r in _csv(roots[0] / "track1_train.csv")]
+    labels = [r["discrete"] for r in read_csv(roots[0] / "track1_train.csv")]
     assert meta["train_label_counts"] == {k: labels.count(k) for k in TRACK1_LABELS}
     counts = [labels.count(k) for k in TRACK1_LABELS]
     assert meta["majority_label"] == counts.index(max(counts))  # first of the most frequent
@@ -311,12 +299,12 @@ def _examples(builder, split):
 
 
 def _names(root):
-    return ([r["name"] for r in _csv(root / "track1_train.csv")],
-            [r["name"] for r in _csv(root / "track1_track2_candidate.csv")])
+    return ([r["name"] for r in read_csv(root / "track1_train.csv")],
+            [r["name"] for r in read_csv(root / "track1_track2_candidate.csv")])
 
 
 def _drop_subtitles(root, names):
-    rows = [r for r in _csv(root / "subtitle_chieng.csv") if r["name"] not in names]
+    rows = [r for r in read_csv(root / "subtitle_chieng.csv") if r["name"] not in names]
     with open(root / "subtitle_chieng.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, ["name", "chinese", "english"])
         writer.writeheader()
@@ -451,7 +439,7 @@ def test_skip_never_hides_a_whole_missing_source(broken, tmp_path):
 
 
 def test_feature_dim_outlier_and_config_dims_mismatch(roots, broken, tmp_path):
-    name = _csv(broken / "track1_train.csv")[5]["name"]
+    name = read_csv(broken / "track1_train.csv")[5]["name"]
     path = broken / "features" / BERT / f"{name}.npy"
     np.save(path, np.zeros(512, np.float32))
     _build_fails(broken, UTT, tmp_path,
@@ -462,7 +450,7 @@ def test_feature_dim_outlier_and_config_dims_mismatch(roots, broken, tmp_path):
 
 
 def test_corrupt_wav(broken, tmp_path):
-    name = _csv(broken / "track1_track2_candidate.csv")[0]["name"]
+    name = read_csv(broken / "track1_track2_candidate.csv")[0]["name"]
     path = broken / "audio" / f"{name}.wav"
     path.write_bytes(b"RIFF\x00\x00garbage" * 10)
     _build_fails(broken, RAW, tmp_path, [str(path), "expected a readable 16000 Hz mono wav",
@@ -470,7 +458,7 @@ def test_corrupt_wav(broken, tmp_path):
 
 
 def test_corrupt_npy(broken, tmp_path):
-    name = _csv(broken / "track1_train.csv")[0]["name"]
+    name = read_csv(broken / "track1_train.csv")[0]["name"]
     feature = broken / "features" / HUBERT / f"{name}.npy"
     feature.write_bytes(b"\x93NUMPY not really" * 4)
     _build_fails(broken, UTT, tmp_path, [str(feature), "in .npy format",
@@ -482,8 +470,8 @@ def test_corrupt_npy(broken, tmp_path):
 
 
 def test_empty_subtitle_builds_as_empty_text(broken, tmp_path):
-    rows = _csv(broken / "subtitle_chieng.csv")
-    name = _csv(broken / "track1_train.csv")[2]["name"]
+    rows = read_csv(broken / "subtitle_chieng.csv")
+    name = read_csv(broken / "track1_train.csv")[2]["name"]
     with open(broken / "subtitle_chieng.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, ["name", "chinese", "english"])
         writer.writeheader()

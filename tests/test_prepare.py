@@ -20,9 +20,10 @@ from tfds_builders.mer_ps import release as ps_release
 
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory):
-    """A 3-subject MER-PS release that passes for a real one (no demo marker)."""
+    """A 4-subject MER-PS release (:runlocal trains on 1-3, validates on 4) that passes for a
+    real one (no demo marker)."""
     root = tmp_path_factory.mktemp("releases") / "clean"
-    ps_demo.write_demo_release(root, seed=3, num_subjects=3, seconds=(2, 3))
+    ps_demo.write_demo_release(root, seed=3, num_subjects=4, seconds=(2, 3))
     (root / ps_release.DEMO_MARKER).unlink()
     return root
 

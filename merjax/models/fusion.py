@@ -12,6 +12,14 @@ Tokens get a modality embedding and a per-modality position embedding, then fuse
   "Attention Bottlenecks for Multimodal Fusion").
 Modality dropout removes whole modalities per training example (never all of them), so the model
 copes with a missing stream. Padding never takes part: every stem returns a token mask.
+
+`wide=True` adds a linear path straight from the standardised dense / log-mel inputs, each
+averaged over its real steps, to the logits (zero-initialised, so training starts it at the
+class-mean directions). Why: a stem projects D-dim inputs to `width` dims through a random
+matrix that must first learn where the label lives; with few clips and D >> width the deep path
+memorises the train set first (train accuracy 1.0 after ~100 steps), and measured on independent
+releases it stayed far below a logistic read-out of the same inputs (cv WAF 0.69 vs 0.84). The
+linear path is that read-out inside the model, so the transformer only has to add to it.
 """
 import jax
 import jax.numpy as jnp
@@ -34,6 +42,16 @@ class DenseStem(nnx.Module):
     def __call__(self, x, mask):
         return self.norm(self.proj(self.standardize(x))), mask
 
+    def pooled(self, x, mask):
+        """[B, D]: the standardised input averaged over its real steps (0 when missing)."""
+        return masked_mean(self.standardize(x), mask)
+
+
+def masked_mean(x, mask):
+    """[B, T, D] -> [B, D], the mean over the steps where `mask` [B, T]; 0 where none."""
+    weights = mask.astype(x.dtype)[..., None]
+    return (x * weights).sum(axis=1) / jnp.maximum(weights.sum(axis=1), 1.0)
+
 
 class MelStem(nnx.Module):
     def __init__(self, n_mels, width, *, group=4, stats=None, rngs):
@@ -47,6 +65,9 @@ class MelStem(nnx.Module):
         x = rearrange(x, "b (n g) m -> b n (g m)", g=self.group)
         mask = rearrange(mask, "b (n g) -> b n g", g=self.group).any(-1)
         return self.norm(self.proj(x)), mask
+
+    def pooled(self, x, mask):
+        return masked_mean(self.standardize(x), mask)
 
 
 class FaceStem(nnx.Module):
@@ -91,7 +112,8 @@ class FusionTransformer(nnx.Module):
     ones, as placeholders for a restore)."""
 
     def __init__(self, *, modalities, width, depth, heads, mlp_dim, dropout, num_classes,
-                 fusion="joint", bottlenecks=4, modality_dropout=0.0, stats=None, rngs):
+                 fusion="joint", bottlenecks=4, modality_dropout=0.0, wide=False, stats=None,
+                 rngs):
         if fusion not in ("joint", "bottleneck"):
             raise ValueError(f"fusion must be 'joint' or 'bottleneck'; found {fusion!r}")
         self.names = tuple(modalities)
@@ -114,7 +136,17 @@ class FusionTransformer(nnx.Module):
                 nnx.List([layers.TransformerBlock(width, heads, mlp_dim, dropout, rngs=rngs)
                           for _ in self.names]) for _ in range(depth)])
             self.final_norm = layers.layer_norm(width, rngs=rngs)
-        self.head = layers.dense(width, num_classes, ("embed", "outputs"), rngs=rngs)
+        # num_classes=0: no head; the model returns its pooled [B, width] vector, for a task that
+        # builds its own read-out on it (MER-Prefer's clip encoder, models/prefer.py).
+        self.head = (layers.dense(width, num_classes, ("embed", "outputs"), rngs=rngs)
+                     if num_classes else None)
+        # The linear path reads the inputs whose stems standardise them (dense, mel).
+        self.wide_inputs = tuple(m for m, (kind, _, _) in modalities.items()
+                                 if wide and kind in ("dense", "mel"))
+        if self.wide_inputs and num_classes:
+            self.wide = layers.dense(sum(modalities[m][1] for m in self.wide_inputs), num_classes,
+                                     ("features", "outputs"), rngs=rngs,
+                                     kernel_init=nnx.initializers.zeros_init())
 
     def _modality_tokens(self, batch, train, rngs):
         """[(tokens [B, T_m, W], mask [B, T_m])] per modality, with modality dropout applied."""
@@ -147,7 +179,19 @@ class FusionTransformer(nnx.Module):
             pooled = self.encoder(tokens, mask, train=train, rngs=rngs)[:, 0]
         else:
             pooled = self._bottleneck_fusion(streams, train, rngs)
-        return self.head(pooled)
+        if self.head is None:
+            return pooled
+        logits = self.head(pooled)
+        if self.wide_inputs:
+            logits = logits + self.wide(self.wide_features(batch))
+        return logits
+
+    def wide_features(self, batch):
+        """[B, sum of D]: the standardised dense / log-mel inputs, each averaged over its real
+        steps (0 when missing): what the linear path reads."""
+        return jnp.concatenate(
+            [self.stems[m].pooled(batch[m], batch[f"{m}_mask"]) for m in self.wide_inputs],
+            axis=-1)
 
     def _bottleneck_fusion(self, streams, train, rngs):
         batch_size, width = streams[0][0].shape[0], streams[0][0].shape[-1]

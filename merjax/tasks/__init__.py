@@ -19,7 +19,10 @@ class Task(Protocol):
     DATASET: str  # tfds_builders/<DATASET>/<DATASET>_dataset_builder.py builds the data
     SPLITS: tuple  # the dataset splits the task reads, e.g. ("train", "validation")
     ID_FIELD: str  # the example field that names it in submissions (e.g. "sample_id")
-    SELECT: tuple | None  # (metric, "max"|"min") to keep the best state per fold, or None
+    # (metric, "max"|"min"): the state kept per fold is the best one by this metric on the
+    # fold's selection split (scores "inner/<metric>" where the fold has its own, else
+    # "val/<metric>"); None keeps the last state.
+    SELECT: tuple | None
     EVAL_FIELDS: tuple  # batch fields evaluation keeps beside the outputs (for the metrics)
     SUBMISSION_FILE: str  # the official file write_outputs produces in the workdir
 
@@ -38,14 +41,20 @@ class Task(Protocol):
     def build_model(self, config, data, stats, rngs) -> Any:
         """The nnx.Module; `stats=None` gives placeholders of the right shapes (for restores)."""
 
+    def reference(self, config, data) -> Any:
+        """The linear reference read-out (a merjax.reference.Readout) fitted beside the model;
+        `config.model.name == readout.name` makes it the run's model. Its outputs reach
+        eval_metrics as kept["reference"]."""
+
     def loss(self, model, batch, config, rngs) -> tuple:
         """(scalar loss, dict of scalar diagnostics) for one training batch."""
 
     def predict(self, model, batch) -> Any:
         """The model's outputs for a batch (what evaluation gathers and export serves)."""
 
-    def eval_metrics(self, outputs, kept, prefix="val/") -> dict:
-        """Validation scores from gathered outputs and EVAL_FIELDS."""
+    def eval_metrics(self, outputs, kept, data, prefix="val/") -> dict:
+        """Validation scores from gathered outputs and EVAL_FIELDS (`data` for what the
+        metric reads off the prepared dataset, e.g. its label vocabulary)."""
 
     def summarize(self, results) -> dict:
         """The run's headline scores from its folds' results."""

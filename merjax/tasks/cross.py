@@ -4,6 +4,10 @@ Seeded K-fold cross-validation over track1_train (MERTools' protocol, made repro
 fold selects its state by validation WAF, predicts the candidates, and the candidates' logits are
 averaged over folds before the argmax, as the official baseline does.
 
+Beside the model, a logistic read-out of the pooled, standardised inputs (`reference`) is
+fitted per fold; its scores (val/ref_waf, cv/ref_waf) are logged beside the model's, and
+`model.name='logistic'` makes it the run's model.
+
 Missing inputs (data.on_missing='skip'; the builder writes every clip): a missing input arrives
 as zeros with `<input>_length = 0`, so its mask is all false and the model ignores it. Train
 clips with no input at all are left out of the folds (neither trained nor validated on);
@@ -11,24 +15,22 @@ candidates with no input at all are answered with the majority training class. B
 in `data_report` (metrics.jsonl) and logged.
 """
 import os
-import zipfile
 
 import jax
 import numpy as np
 import optax
 from absl import logging
 
-from merjax import metrics
+from merjax import metrics, reference as ref
 from merjax.data import pipeline
-from merjax.models import fusion, text
-from merjax.tasks import common
+from merjax.tasks import clips, common
 from tfds_builders.mer2026 import TRACK1_LABELS
 
 DATASET = "mer_cross"
 SPLITS = ("train", "candidates")
 LABELS = TRACK1_LABELS  # neutral, angry, happy, sad, worried, surprise (index 0..5)
 ID_FIELD = "name"
-SELECT = ("val/waf", "max")
+SELECT = ("waf", "max")
 EVAL_FIELDS = ("label", "row")
 SUBMISSION_FILE = "answer.csv"
 
@@ -66,61 +68,24 @@ def _with_input(train, data):
     return keep
 
 
-# Input name -> stem kind, by the prepared dataset's input kind.
-_STEMS = {"features": {"audio": "dense", "text": "dense", "video": "dense"},
-          "raw": {"audio": "mel", "faces": "faces", "text": "bytes"}}
-_GROUP = 4  # mel frames and text bytes per token (models/fusion.py, models/text.py)
-
-
 def modalities(config, data):
-    """{name: (stem kind, input dim, padded input length)}, read off the dataset's features."""
     del config
-    f = data.info.features
-    stems = _STEMS["features" if "video" in f else "raw"]
-    out = {}
-    for name, kind in stems.items():
-        if kind == "dense":
-            length, dim = f[name].shape
-        elif kind == "mel":
-            length, dim = _round_up(f[name].shape[0], _GROUP), f[name].shape[1]
-        elif kind == "faces":
-            length, dim = f[name].shape[0], f[name].shape[1]
-        else:  # bytes: the zero-padded UTF-8 bytes beside the text
-            length, dim = _round_up(f["text_bytes"].shape[0], _GROUP), 0
-        out[name] = (kind, dim, length)
-    return out
-
-
-def _round_up(n, m):
-    return -(-n // m) * m
+    return clips.modalities(data)
 
 
 def make_transform(config, data):
-    mods = modalities(config, data)
+    mods = clips.modalities(data)
 
     def transform(example):
-        out = {"label": np.int32(example["label"]), "row": np.int32(example["index"])}
-        for name, (kind, _, length) in mods.items():
-            if kind == "bytes":
-                n = int(example["text_length"])
-                out[name], out[f"{name}_mask"] = text.encode(
-                    np.asarray(example["text_bytes"])[:n].tobytes(), length)
-            elif kind == "faces":  # faces_length: num_faces, or 0 when the clip has none
-                out[name] = example[name]
-                out[f"{name}_mask"] = np.arange(length) < int(example[f"{name}_length"])
-            else:  # stored zero-padded at the end, with the count of real steps (0: missing)
-                x = np.asarray(example[name], np.float32)
-                padded = np.zeros((length,) + x.shape[1:], np.float32)
-                padded[:len(x)] = x
-                out[name] = padded
-                out[f"{name}_mask"] = np.arange(length) < int(example[f"{name}_length"])
-        return out
+        return {"label": np.int32(example["label"]), "row": np.int32(example["index"]),
+                **clips.inputs(example, mods)}
 
     return transform
 
 
 def model_inputs(config, data):
-    return tuple(k for m in modalities(config, data) for k in (m, f"{m}_mask"))
+    del config
+    return clips.input_names(data)
 
 
 def export_metadata(data):
@@ -133,40 +98,24 @@ def export_metadata(data):
 
 
 def input_stats(train, config):
-    """Per-dimension mean/std of the feature (or log-mel) inputs over the train split's real
-    steps; faces and bytes normalise themselves. {name: (mean [D], std [D])}."""
-    take = common.stats_sample(train, config.data.stats_examples)
-    names = [k for k in ("audio", "text", "video") if f"{k}_length" in train[0]
-             and np.ndim(train[0][k]) == 2]
-    sums = {k: 0.0 for k in names}
-    squares = {k: 0.0 for k in names}
-    counts = {k: 0 for k in names}
-    for i in take:
-        example = train[int(i)]
-        for k in names:
-            x = np.asarray(example[k], np.float64)[:int(example[f"{k}_length"])]
-            sums[k] = sums[k] + x.sum(axis=0)
-            squares[k] = squares[k] + (x ** 2).sum(axis=0)
-            counts[k] += len(x)
-    stats = {}
-    for k in names:
-        mean, std = common.moments(np.asarray(sums[k]), np.asarray(squares[k]), counts[k],
-                                   floor=1e-6)
-        stats[k] = (mean.astype(np.float32), std.astype(np.float32))
-    logging.info("input stats from %d train clips: %s", len(take),
-                 ", ".join(f"{k} mean |mean| {np.abs(m).mean():.3g}, mean std {s.mean():.3g}"
-                           for k, (m, s) in stats.items()))
-    return stats
+    return clips.input_stats(train, config)
 
 
 def build_model(config, data, stats, rngs):
     m = config.model
     if m.name != "fusion":
-        raise ValueError(f"MER-Cross has the model 'fusion'; config.model.name is {m.name!r}")
-    return fusion.FusionTransformer(
-        modalities=modalities(config, data), width=m.width, depth=m.depth, heads=m.heads,
-        mlp_dim=m.mlp_dim, dropout=m.dropout, num_classes=len(LABELS), fusion=m.fusion,
-        bottlenecks=m.bottlenecks, modality_dropout=m.modality_dropout, stats=stats, rngs=rngs)
+        raise ValueError(f"MER-Cross has the models 'fusion' and 'logistic' (the reference "
+                         f"read-out); config.model.name is {m.name!r}")
+    return clips.fusion_model(config, data, stats, len(LABELS), rngs)
+
+
+def reference(config, data):
+    """Multinomial logistic regression on the pooled inputs (clips.pooled_features)."""
+    del config
+    return ref.Readout(name="logistic", kind="logistic",
+                       features=clips.pooled_features(clips.modalities(data)),
+                       num_outputs=len(LABELS), target=lambda rows: rows["label"],
+                       output=lambda scores, rows: scores)
 
 
 def loss(model, batch, config, rngs):
@@ -182,16 +131,20 @@ def predict(model, batch):
     return model(batch, train=False)
 
 
-def eval_metrics(outputs, kept, prefix="val/"):
-    pred = np.asarray(outputs).argmax(-1)
-    return {f"{prefix}waf": metrics.weighted_f1(kept["label"], pred),
-            f"{prefix}acc": metrics.accuracy(kept["label"], pred)}
+def eval_metrics(outputs, kept, data, prefix="val/"):
+    """WAF and accuracy of the model, and (when fitted) of the reference read-out beside it."""
+    del data
+    out = {}
+    for name, scores in (("", outputs), ("ref_", kept.get("reference"))):
+        if scores is not None:
+            pred = np.asarray(scores).argmax(-1)
+            out[f"{prefix}{name}waf"] = metrics.weighted_f1(kept["label"], pred)
+            out[f"{prefix}{name}acc"] = metrics.accuracy(kept["label"], pred)
+    return out
 
 
 def summarize(results):
-    """The cross-validated scores: the mean over folds of each fold's selected val/waf, val/acc."""
-    return {f"cv/{k}": float(np.mean([r.scores[f"val/{k}"] for r in results]))
-            for k in ("waf", "acc")}
+    return common.cv_means(results)
 
 
 def data_report(data):
@@ -251,11 +204,8 @@ def write_outputs(workdir, results, config, data):
     if len(bad):
         raise FloatingPointError(f"non-finite averaged logits for {len(bad)} candidates, e.g. "
                                  f"row {bad[0]} ({names[bad[0]]}): {logits[bad[0]]}")
-    path = os.path.join(workdir, SUBMISSION_FILE)
-    common.write_csv(path, ["name", "discrete"],
-                     ([n, LABELS[int(c)]] for n, c in zip(names, answer)))
-    with zipfile.ZipFile(os.path.join(workdir, "answer.zip"), "w", zipfile.ZIP_DEFLATED) as z:
-        z.write(path, arcname=SUBMISSION_FILE)
+    path = common.write_answer(workdir, ["name", "discrete"],
+                               ([n, LABELS[int(c)]] for n, c in zip(names, answer)))
     np.savez(os.path.join(workdir, "candidate_logits.npz"), name=np.array(names), logits=logits,
              labels=np.array(LABELS), answer=answer, no_input=no_input)
     logging.info("wrote %d candidate answers to %s and answer.zip (logits averaged over %d "

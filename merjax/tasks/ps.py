@@ -1,8 +1,14 @@
 """MER-PS (track 4): what is track-specific, and nothing else.
 
-The loop asks this module (contract: merjax/tasks/__init__.py) for: its folds (one: train /
-validation subjects), input statistics, the model, the loss, the predictions, the evaluation metrics and the
+The loop asks this module (contract: merjax/tasks/__init__.py) for: its fold, input statistics,
+the model, the reference read-out, the loss, the predictions, the evaluation metrics and the
 submission file (predictions for the validation subjects).
+
+One fold, three groups of subjects: the model trains on the training subjects less the inner
+ones (`data.inner_subjects`), its state is selected on the inner subjects, and the validation
+subjects are only evaluated, so the reported val/ scores are those of subjects nothing was
+chosen on. Beside the model: the per-(video, second) prior of the training subjects
+(val/prior_mae) and a ridge read-out on top of it (val/ref_mae, `reference`).
 """
 import os
 
@@ -12,24 +18,39 @@ import optax
 import numpy as np
 from absl import logging
 
-from merjax import metrics
-from merjax.data import transforms
+from merjax import metrics, reference as ref
+from merjax.data import pipeline, transforms
 from merjax.models import physio
 from merjax.tasks import common
+from tfds_builders.mer_ps.mer_ps_dataset_builder import subjects
 
 DATASET = "mer_ps"
 SPLITS = ("train", "validation")
 ID_FIELD = "sample_id"
-SELECT = None  # predict with the last state (the official kit has no model selection)
+SELECT = ("mae", "min")  # on the inner subjects
 MODEL_FIELDS = ("eeg", "fnirs", "fnirs_mask", "context_mask", "prior")
 EVAL_FIELDS = ("label", "prior")  # kept from each eval batch for the metrics
 SUBMISSION_FILE = "predictions.csv"
 
 
 def folds(config, data):
-    del config
+    """One fold: train on the training subjects less the inner ones, select on the inner ones,
+    evaluate (and predict) the validation subjects."""
     train, validation = data.splits["train"], data.splits["validation"]
-    return [common.Fold(None, None, train, validation, validation)]
+    inner = set(subjects(config.data.inner_subjects))
+    known = set(data.builder_config.train_subjects)
+    if not inner or not inner < known:
+        raise ValueError(
+            f"config.data.inner_subjects={tuple(config.data.inner_subjects)} must name at least "
+            f"one and not all of the training subjects {tuple(config.data.train_subjects)}: the "
+            f"model state (and the reference's penalty) is selected on them, never on the "
+            f"validation subjects")
+    of = np.array([pipeline.decode_id(train[i], ID_FIELD).rsplit("_V", 1)[0] in inner
+                   for i in range(len(train))])
+    logging.info("MER-PS: %d train examples, %d inner-subject examples (%s) for selection",
+                 int((~of).sum()), int(of.sum()), ", ".join(sorted(inner)))
+    return [common.Fold(None, None, pipeline.Subset(train, np.flatnonzero(~of)), validation,
+                        validation, select=pipeline.Subset(train, np.flatnonzero(of)))]
 
 
 def make_transform(config, data):
@@ -111,12 +132,39 @@ def build_model(config, data, stats, rngs):
                      fnirs_std=np.ones((fnirs_types, fnirs_channels), np.float32))
     m = config.model
     if m.name != "physio":
-        raise ValueError(f"MER-PS has the model 'physio'; config.model.name is {m.name!r}")
+        raise ValueError(f"MER-PS has the models 'physio' and 'ridge' (the reference read-out);"
+                         f" config.model.name is {m.name!r}")
     return physio.PhysioEncoder(
         eeg_channels=eeg_channels, eeg_window=eeg_window, context_s=f["context_mask"].shape[0],
         fnirs_steps=fnirs_steps, fnirs_types=fnirs_types, fnirs_channels=fnirs_channels,
         width=m.width, depth=m.depth, heads=m.heads, mlp_dim=m.mlp_dim, dropout=m.dropout,
         eeg_patches_per_s=m.eeg_patches_per_s, stats=stats, use_prior=m.use_prior, rngs=rngs)
+
+
+def reference(config, data):
+    """Ridge on top of the prior: per context second each EEG channel's five log band powers
+    and each fNIRS (type, channel)'s mean and slope over the second's bins, the context mask;
+    the target is the label's residual on the prior (unit scale)."""
+    del config
+    context_s = data.info.features["context_mask"].shape[0]
+
+    def features(batch):
+        eeg = np.asarray(batch["eeg"], np.float32)
+        ones = np.ones(eeg.shape[1], np.float32)  # per-channel scale: the read-out standardises
+        bands = np.asarray(physio.band_log_power(eeg, ones, context_s, eeg.shape[2] // context_s))
+        fnirs = np.asarray(batch["fnirs"], np.float64)  # [B, S, K, C], bad channels zeroed
+        n, steps = fnirs.shape[:2]
+        per_s = fnirs.reshape(n, context_s, steps // context_s, *fnirs.shape[2:])
+        t = np.arange(per_s.shape[2]) - (per_s.shape[2] - 1) / 2
+        slope = np.einsum("bstkc,t->bskc", per_s, t) / max((t ** 2).sum(), 1e-9)
+        return np.concatenate([bands.reshape(n, -1), per_s.mean(2).reshape(n, -1),
+                               slope.reshape(n, -1), batch["context_mask"].astype(np.float64)],
+                              axis=1)
+
+    return ref.Readout(
+        name="ridge", kind="ridge", features=features, num_outputs=2,
+        target=lambda rows: physio.to_unit(rows["label"]) - physio.to_unit(rows["prior"]),
+        output=lambda scores, rows: physio.from_unit(physio.to_unit(rows["prior"]) + scores))
 
 
 def loss(model, batch, config, rngs):
@@ -138,15 +186,22 @@ def predict(model, batch):
     return physio.from_unit(model(batch, train=False))
 
 
-def eval_metrics(outputs, kept, prefix="val/"):
-    """Model scores plus the prior-only baseline's MAE beside them."""
+def eval_metrics(outputs, kept, data, prefix="val/"):
+    """Model scores, with the prior's and (when fitted) the reference's MAE beside them."""
+    del data
     out = metrics.ps_metrics(outputs, kept["label"], prefix=prefix)
     out[f"{prefix}prior_mae"] = metrics.ps_metrics(kept["prior"], kept["label"])["mae"]
+    if "reference" in kept:
+        out[f"{prefix}ref_mae"] = metrics.ps_metrics(kept["reference"], kept["label"])["mae"]
     return out
 
 
 def summarize(results):
-    return results[0].scores
+    """The validation subjects' scores (with the prior's and the reference's beside them),
+    then the model's and the reference's on the inner subjects that selected the state."""
+    scores = results[0].scores
+    return {k: v for k, v in scores.items()
+            if k.startswith("val/") or k in ("inner/mae", "inner/ref_mae")}
 
 
 def data_report(data):

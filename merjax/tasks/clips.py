@@ -1,0 +1,159 @@
+"""What the clip tracks (MER-Cross, MER-FG, MER-Prefer) share on the training side: the clip
+inputs of a prepared dataset (tfds_builders/mer2026/clips.py writes them) as model inputs,
+their train statistics, their pooled form for the linear reference, and the fusion model.
+
+Inputs arrive zero-padded to fixed shapes with `<input>_length` (0: missing); here each becomes
+an array plus a `<input>_mask`, so the model ignores padding and missing inputs alike.
+"""
+import numpy as np
+from absl import logging
+
+from merjax.data import pipeline
+from merjax.models import fusion, text
+from merjax.tasks import common
+
+# Input name -> stem kind, by the prepared dataset's input kind.
+_STEMS = {"features": {"audio": "dense", "text": "dense", "video": "dense"},
+          "raw": {"audio": "mel", "faces": "faces", "text": "bytes"}}
+_GROUP = 4  # mel frames and text bytes per token (models/fusion.py, models/text.py)
+
+
+def builder_folds(data, id_field, what):
+    """The folds the builder drew (its `fold` field: [0, num_folds), -1 = always train): fold k
+    validates on its rows and trains on every other row; rows whose clip has no input at all
+    (the metadata's `no_input`) are on neither side. `what` names the validated rows in errors."""
+    train = data.splits["train"]
+    gone = set(data.info.metadata["no_input"]["train"])
+    fold_of, usable = [], []
+    for i in range(len(train)):
+        example = train[i]
+        fold_of.append(int(example["fold"]))
+        usable.append(pipeline.decode_id(example, id_field) not in gone)
+    fold_of, usable = np.asarray(fold_of), np.asarray(usable)
+    k = int(data.builder_config.num_folds)
+    out = []
+    for f in range(k):
+        held = np.flatnonzero((fold_of == f) & usable)
+        if not len(held):
+            raise ValueError(f"fold {f} of {k} has no {what} with an input; lower "
+                             f"config.data.num_folds (the train split has "
+                             f"{int(((fold_of >= 0) & usable).sum())} such rows)")
+        out.append(common.Fold(f"fold_{f}", f,
+                               pipeline.Subset(train, np.flatnonzero((fold_of != f) & usable)),
+                               pipeline.Subset(train, held), data.splits["candidates"]))
+    return out
+
+
+def modalities(data):
+    """{name: (stem kind, input dim, padded input length)}, read off the dataset's features."""
+    f = data.info.features
+    stems = _STEMS["features" if "video" in f else "raw"]
+    out = {}
+    for name, kind in stems.items():
+        if kind == "dense":
+            length, dim = f[name].shape
+        elif kind == "mel":
+            length, dim = round_up(f[name].shape[0], _GROUP), f[name].shape[1]
+        elif kind == "faces":
+            length, dim = f[name].shape[0], f[name].shape[1]
+        else:  # bytes: the zero-padded UTF-8 bytes beside the text
+            length, dim = round_up(f["text_bytes"].shape[0], _GROUP), 0
+        out[name] = (kind, dim, length)
+    return out
+
+
+def round_up(n, m):
+    return -(-n // m) * m
+
+
+def input_names(data):
+    """The model's inputs: each modality and its mask (the exported signature's order)."""
+    return tuple(k for m in modalities(data) for k in (m, f"{m}_mask"))
+
+
+def inputs(example, mods):
+    """A decoded example's clip inputs -> {name: array, name_mask: bool array} at fixed shapes."""
+    out = {}
+    for name, (kind, _, length) in mods.items():
+        if kind == "bytes":
+            n = int(example["text_length"])
+            out[name], out[f"{name}_mask"] = text.encode(
+                np.asarray(example["text_bytes"])[:n].tobytes(), length)
+        elif kind == "faces":  # faces_length: num_faces, or 0 when the clip has none
+            out[name] = example[name]
+            out[f"{name}_mask"] = np.arange(length) < int(example[f"{name}_length"])
+        else:  # stored zero-padded at the end, with the count of real steps (0: missing)
+            x = np.asarray(example[name], np.float32)
+            padded = np.zeros((length,) + x.shape[1:], np.float32)
+            padded[:len(x)] = x
+            out[name] = padded
+            out[f"{name}_mask"] = np.arange(length) < int(example[f"{name}_length"])
+    return out
+
+
+def input_stats(train, config):
+    """Per-dimension mean/std of the feature (or log-mel) inputs over the train split's real
+    steps; faces and bytes normalise themselves. {name: (mean [D], std [D])}."""
+    take = common.stats_sample(train, config.data.stats_examples)
+    names = [k for k in ("audio", "text", "video") if f"{k}_length" in train[0]
+             and np.ndim(train[0][k]) == 2]
+    sums = {k: 0.0 for k in names}
+    squares = {k: 0.0 for k in names}
+    counts = {k: 0 for k in names}
+    for i in take:
+        example = train[int(i)]
+        for k in names:
+            x = np.asarray(example[k], np.float64)[:int(example[f"{k}_length"])]
+            sums[k] = sums[k] + x.sum(axis=0)
+            squares[k] = squares[k] + (x ** 2).sum(axis=0)
+            counts[k] += len(x)
+    stats = {}
+    for k in names:
+        mean, std = common.moments(np.asarray(sums[k]), np.asarray(squares[k]), counts[k],
+                                   floor=1e-6)
+        stats[k] = (mean.astype(np.float32), std.astype(np.float32))
+    logging.info("input stats from %d train clips: %s", len(take),
+                 ", ".join(f"{k} mean |mean| {np.abs(m).mean():.3g}, mean std {s.mean():.3g}"
+                           for k, (m, s) in stats.items()))
+    return stats
+
+
+def pooled_features(mods):
+    """The linear reference's features: each input pooled over its real steps (features and
+    log-mel: mean and std; faces: the mean face at 8 x 8; text: the byte histogram), with one
+    presence flag per input. A missing input pools to zeros. batch -> [B, D] float64."""
+
+    def features(batch):
+        parts = []
+        for name, (kind, _, _) in mods.items():
+            x, mask = np.asarray(batch[name]), np.asarray(batch[f"{name}_mask"], bool)
+            count = np.maximum(mask.sum(1), 1)
+            if kind == "bytes":  # ids are byte + 1, 0 is padding
+                hist = np.stack([np.bincount(row[m], minlength=257)[1:]
+                                 for row, m in zip(x, mask)])
+                parts.append(hist / count[:, None])
+            elif kind == "faces":  # [B, N, H, W, 3] uint8 -> mean face, 8 x 8 average pool
+                face = (x.astype(np.float32) * mask[:, :, None, None, None]).sum(1)
+                face = face / count[:, None, None, None]
+                b, h, w, c = face.shape
+                parts.append(face[:, :h - h % 8, :w - w % 8].reshape(
+                    b, 8, h // 8, 8, w // 8, c).mean((2, 4)).reshape(b, -1))
+            else:  # dense features or log-mel frames: [B, T, D]
+                m = mask[:, :, None].astype(np.float64)
+                mean = (x * m).sum(1) / count[:, None]
+                var = ((x - mean[:, None]) ** 2 * m).sum(1) / count[:, None]
+                parts += [mean] + ([np.sqrt(var)] if x.shape[1] > 1 else [])
+            parts.append(mask.any(1, keepdims=True).astype(np.float64))
+        return np.concatenate(parts, axis=1)
+
+    return features
+
+
+def fusion_model(config, data, stats, num_outputs, rngs):
+    """The fusion transformer over the dataset's clip inputs with `num_outputs` logits."""
+    m = config.model
+    return fusion.FusionTransformer(
+        modalities=modalities(data), width=m.width, depth=m.depth, heads=m.heads,
+        mlp_dim=m.mlp_dim, dropout=m.dropout, num_classes=num_outputs, fusion=m.fusion,
+        bottlenecks=m.bottlenecks, modality_dropout=m.modality_dropout, wide=m.wide,
+        stats=stats, rngs=rngs)
