@@ -44,6 +44,28 @@ def builder_folds(data, id_field, what):
     return out
 
 
+def fold_mean(results, data):
+    """(order, names, outputs): the candidates' outputs averaged over the folds, put back in
+    the candidate file's order (`order`: positions in the split). Checks that every fold
+    predicted every candidate row once, with outputs of one shape."""
+    first = results[0]
+    for r in results:
+        if r.ids != first.ids or np.shape(r.outputs) != np.shape(first.outputs):
+            raise RuntimeError(f"{r.name} predicted {len(r.ids)} candidates with outputs of "
+                               f"shape {np.shape(r.outputs)}; {first.name} predicted "
+                               f"{len(first.ids)} of shape {np.shape(first.outputs)}: every "
+                               f"fold must predict every candidate")
+    outputs = np.mean(np.stack([r.outputs for r in results]), axis=0)
+    order = np.argsort(first.kept["row"], kind="stable")
+    rows = np.asarray(first.kept["row"])[order]
+    expected = data.info.metadata["csv_rows"]["candidates"]
+    if not np.array_equal(rows, np.arange(expected)):
+        lost = sorted(set(range(expected)) - set(rows.tolist()))
+        raise RuntimeError(f"the predictions cover {len(rows)} candidate rows, the candidate "
+                           f"file has {expected}; rows without a prediction: {lost[:10]}")
+    return order, [first.ids[i] for i in order], outputs[order]
+
+
 def modalities(data):
     """{name: (stem kind, input dim, padded input length)}, read off the dataset's features."""
     f = data.info.features

@@ -180,22 +180,7 @@ def write_outputs(workdir, results, config, data):
     if jax.process_index() != 0:
         return
     meta = data.info.metadata
-    first = results[0]
-    for r in results:
-        if r.ids != first.ids or np.shape(r.outputs) != (len(first.ids), len(LABELS)):
-            raise RuntimeError(f"{r.name} predicted {len(r.ids)} candidates with outputs of "
-                               f"shape {np.shape(r.outputs)}; {first.name} predicted "
-                               f"{len(first.ids)}: every fold must predict every candidate")
-    logits = np.mean(np.stack([r.outputs for r in results]), axis=0)
-    order = np.argsort(first.kept["row"], kind="stable")  # back to track1_track2_candidate.csv
-    rows = np.asarray(first.kept["row"])[order]
-    expected = meta["csv_rows"]["candidates"]
-    if not np.array_equal(rows, np.arange(expected)):
-        lost = sorted(set(range(expected)) - set(rows.tolist()))
-        raise RuntimeError(f"the predictions cover {len(rows)} candidate rows, the candidate "
-                           f"file has {expected}; rows without a prediction: {lost[:10]}")
-    names = [first.ids[i] for i in order]
-    logits = logits[order]
+    _, names, logits = clips.fold_mean(results, data)
     without = set(meta["no_input"]["candidates"])
     no_input = np.array([n in without for n in names], bool)
     answer = logits.argmax(-1)

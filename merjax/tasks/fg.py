@@ -221,17 +221,9 @@ def write_outputs(workdir, results, config, data):
     if jax.process_index() != 0:
         return
     meta, vocabulary = data.info.metadata, list(data.builder_config.vocabulary)
-    first = results[0]
-    probs = np.mean(np.stack([r.outputs for r in results]), axis=0)
     threshold = float(np.mean([r.scores["val/threshold"] for r in results]))
-    order = np.argsort(first.kept["row"], kind="stable")
-    rows = np.asarray(first.kept["row"])[order]
-    expected = meta["csv_rows"]["candidates"]
-    if not np.array_equal(rows, np.arange(expected)):
-        raise RuntimeError(f"the predictions cover {len(rows)} candidate rows, the candidate "
-                           f"file has {expected}")
-    names = [first.ids[i] for i in order]
-    chosen = decode(probs[order], threshold)
+    _, names, probs = clips.fold_mean(results, data)
+    chosen = decode(probs, threshold)
     without = set(meta["no_input"]["candidates"])
     no_input = np.array([n in without for n in names], bool)
     chosen[no_input] = _top_set(data)
