@@ -325,16 +325,24 @@ def _cross_label(text, where):
     return text
 
 
-def score_cross(truth_path, answer_path):
-    """MER-Cross scores of answer.csv (or answer.zip) against track1_test.csv (name,discrete)."""
-    truth_name, truth_rows = _read_rows(truth_path, ("name", "discrete"))
+def _by_name(truth_path, answer_path, column):
+    """(truth name, {name: (line, row)}, answer name, {name: (line, row)}) of a clip track's
+    `name,<column>` truth and answer.csv (or its zip): every truth name answered, extra answers
+    warned about and ignored (the official evaluation.py never looks at them)."""
+    truth_name, truth_rows = _read_rows(truth_path, ("name", column))
     truth = _by_id(truth_name, truth_rows, "name")
     if not truth:
         raise ScoreError(f"{truth_name}: no samples; the truth needs at least one row")
-    answer_name, rows = _answer_rows(answer_path, "answer.csv", ("name", "discrete"))
+    answer_name, rows = _answer_rows(answer_path, "answer.csv", ("name", column))
     answer = _by_id(answer_name, rows, "name")
     _missing_ids(truth_name, truth, answer_name, answer, "name")
-    _warn_extra(truth_name, truth, answer_name, answer)  # evaluation.py never looks at them
+    _warn_extra(truth_name, truth, answer_name, answer)
+    return truth_name, truth, answer_name, answer
+
+
+def score_cross(truth_path, answer_path):
+    """MER-Cross scores of answer.csv (or answer.zip) against track1_test.csv (name,discrete)."""
+    truth_name, truth, answer_name, answer = _by_name(truth_path, answer_path, "discrete")
     y_true, y_pred = [], []
     for name, (truth_line, row) in truth.items():
         y_true.append(_cross_label(row["discrete"], f"{truth_name} line {truth_line}"))
@@ -364,14 +372,7 @@ def score_fg(truth_path, answer_path, wheel_dir=None):
     MERTools parses them); wheel_dir: another folder holding the emotion-wheel tables.
     """
     wheel = _emotion_wheel(wheel_dir)
-    truth_name, truth_rows = _read_rows(truth_path, ("name", "openset"))
-    truth = _by_id(truth_name, truth_rows, "name")
-    if not truth:
-        raise ScoreError(f"{truth_name}: no samples; the truth needs at least one row")
-    answer_name, rows = _answer_rows(answer_path, "answer.csv", ("name", "openset"))
-    answer = _by_id(answer_name, rows, "name")
-    _missing_ids(truth_name, truth, answer_name, answer, "name")
-    _warn_extra(truth_name, truth, answer_name, answer)
+    _, truth, _, answer = _by_name(truth_path, answer_path, "openset")
     gold = [row["openset"] for _, row in truth.values()]
     pred = [answer[name][1]["openset"] for name in truth]
     return metrics.ew_scores(gold, pred, wheel)

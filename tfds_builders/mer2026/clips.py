@@ -351,6 +351,14 @@ def first(items, n=SHOW) -> str:
     return ", ".join(map(str, list(items)[:n]))
 
 
+# The end of every clip track's MANUAL_DOWNLOAD_INSTRUCTIONS: where its inputs come from.
+MANUAL_INPUTS = """input_kind='features' also needs MERTools feature folders <features_root>/<dir>/<name>.npy;
+    features_root defaults to <manual_dir>/features (else <release root>/features).
+    Configs with release='demo' expect the generated demo release instead
+    (tfds_builders/mer2026/demo.py).
+    """
+
+
 def dataset_info(builder, spec):
     """The DatasetInfo of a clip track: its own fields + `feature_spec`, with the MERTools
     MER2026 homepage; each builder's `_info` returns this."""

@@ -89,11 +89,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     track1_track2_candidate.csv, subtitle_chieng.csv, audio/ and openface_face/; flat or nested
     per-subset layout), or the folder holding mer2026-dataset/, as manual_dir, e.g.
     --config.data.manual_dir=/path/to/mer2026-dataset.
-    input_kind='features' also needs MERTools feature folders <features_root>/<dir>/<name>.npy;
-    features_root defaults to <manual_dir>/features (else <release root>/features).
-    Configs with release='demo' expect the generated demo release instead
-    (tfds_builders/mer2026/demo.py).
-    """
+    """ + clips.MANUAL_INPUTS
     BUILDER_CONFIGS = [make_config(), make_config(release="demo"),
                        make_config(input_kind="raw"), make_config(input_kind="raw", release="demo")]
     DEFAULT_CONFIG_NAME = BUILDER_CONFIGS[0].name
