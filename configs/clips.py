@@ -28,6 +28,10 @@ def data(input_kind, text_language):
         on_missing="error",
         # Clips read to estimate the input standardisation (per feature / mel dimension).
         stats_examples=4096,
+        # --mode=predict: another candidate file, with the official candidate file's columns,
+        # answered by the trained states (merjax/train.py predict_candidates); "" = the
+        # release's own candidates, answered as in training.
+        candidates="",
         demo=ml_collections.ConfigDict(dict(seed=0, scale=2.0)),
     ))
 

@@ -1,20 +1,26 @@
 """Throughput benchmark: python -m merjax.bench --config=configs/ps.py [--synthetic] [--steps=50]
 
-Prints the model's parameter count, train steps/s and samples/s at the config's global batch and
-input shapes (one fixed batch, so only the compiled step is timed), and the input pipeline's
-samples/s on its own. With --synthetic no dataset is built: random inputs of the dataset's feature
-shapes are used (variable-length dims take --length), e.g. the MER-Cross baseline shapes with
-`--config=configs/cross.py:bench --synthetic`. Shapes and device are printed with the numbers so
-other stacks can be compared on the same work. Nothing here asserts a speed.
+Prints one JSON line, alone on stdout (logs go to stderr; it pipes into `jq`): the model's
+parameter count, train steps/s and samples/s at the config's global batch and input shapes (one
+fixed batch, so only the compiled step is timed), the compiled step's costs as the train loop
+writes them (merjax/costs.py: flops_per_step, matmul_flops_per_step, bytes_accessed_per_step,
+peak_memory_bytes_per_device, param_bytes, optimizer_bytes, peak_flops_per_s and peak_source)
+with the MFU they give, and the input pipeline's samples/s on its own. With --synthetic no
+dataset is built: random inputs of the dataset's feature shapes are used (variable-length dims
+take --length), e.g. the MER-Cross baseline shapes with `--config=configs/cross.py:bench
+--synthetic`. Shapes and device are printed with the numbers so other stacks can be compared on
+the same work. Nothing here asserts a speed.
 """
+import contextlib
 import json
+import sys
 import time
 
 import jax
 import numpy as np
 from absl import flags
 
-from merjax import cli, sharding, tasks, train
+from merjax import cli, costs, sharding, tasks, train
 from merjax import main as train_command  # the same --config flag as training
 from merjax.data import pipeline, prepare
 
@@ -56,12 +62,16 @@ def main(argv):
         data = prepare.describe(config, task)
         train_source = synthetic_examples(data.info.features, config.batch_size, _LENGTH.value)
     else:
-        data = prepare.prepare(config, task, announce=False)
+        # stdout carries the JSON line alone: whatever a first dataset build prints goes to stderr.
+        with contextlib.redirect_stdout(sys.stderr):
+            data = prepare.prepare(config, task, announce=False)
         train_source = task.folds(config, data)[0].train
     model_state = train.ModelState(config, mesh, task, data,
                                    task.input_stats(train_source, config))
     state = model_state.init()
-    step = model_state.train_step()
+    # A measured peak (CPU) is taken now: not in the timed compile, and before the input
+    # pipeline's prefetch threads compete with it for the cores.
+    costs.peak_flops(config.model.get("dtype", "float32"), mesh.size)
 
     it = pipeline.train_iterator(train_source, task.make_transform(config, data),
                                  global_batch_size=config.batch_size, seed=config.seed)
@@ -72,7 +82,7 @@ def main(argv):
 
     batch = sharding.to_global(local, mesh, config)
     start = time.perf_counter()
-    compiled = step.lower(state, batch).compile()
+    compiled = model_state.compiled_train_step(state, batch)
     compile_s = time.perf_counter() - start
     state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
@@ -89,7 +99,9 @@ def main(argv):
         compile_s=round(compile_s, 2), train_steps_per_s=round(1 / step_s, 2),
         train_samples_per_s=round(config.batch_size / step_s, 1),
         pipeline_samples_per_s=round(_PIPELINE_BATCHES.value * config.batch_size / pipeline_s, 1),
-        data=data.release)
+        data=data.release, **compiled.cost,
+        mfu=costs.mfu(compiled.cost["flops_per_step"], 1 / step_s,
+                      compiled.cost["peak_flops_per_s"]))
     print(json.dumps(report))
 
 

@@ -7,7 +7,6 @@ now, so a checkpoint written on one mesh restores onto another.
 """
 import os
 
-import grain
 import jax
 import orbax.checkpoint as ocp
 
@@ -28,6 +27,7 @@ class Checkpointer:
         return list(self._manager.all_steps())
 
     def save(self, step, state, data_iterator, meta):
+        import grain  # here, not at the top: load_params (an export's loader) must not need grain
         args = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         if data_iterator is not None:
             args["data"] = grain.checkpoint.CheckpointSave(data_iterator)
@@ -35,6 +35,7 @@ class Checkpointer:
 
     def restore(self, step, abstract_state, data_iterator=None):
         """Returns (state, meta); restores `data_iterator` in place when given."""
+        import grain  # here, not at the top: load_params (an export's loader) must not need grain
         args = dict(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
         if data_iterator is not None:
             args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)

@@ -16,7 +16,6 @@ import os
 
 import jax
 import numpy as np
-from absl import logging
 
 from merjax import checkpoint
 
@@ -29,7 +28,9 @@ def export(directory, *, task, graphdef, state, example, input_names, meta):
     `example` is one transformed example; its `input_names` fields, with a leading symbolic
     batch dim, become the exported signature.
     """
-    from flax import nnx  # here, not at the top: `load` must work where flax is not installed
+    # Here, not at the top: `load` needs jax, numpy and orbax only (flax need not be installed).
+    from absl import logging
+    from flax import nnx
     os.makedirs(directory, exist_ok=True)
     model, _ = nnx.merge(graphdef, state)
     model_graphdef, model_state = nnx.split(model)

@@ -11,19 +11,7 @@ import numpy as np
 # The MER-FG tables and openset parser live with the release reader (no JAX or TFDS behind them).
 from tfds_builders.mer2026 import emotion_wheel
 from tfds_builders.mer2026.csvs import string_to_list
-
-PS_MIN, PS_MAX = 1, 255
-
-
-def ps_to_submission(values):
-    """Raw-scale predictions -> the integers in [1, 255] the MER-PS scorer requires.
-
-    Rounds half to even (np.rint, like Python's round), then clips.
-    """
-    values = np.asarray(values, np.float64)
-    if not np.all(np.isfinite(values)):
-        raise ValueError("MER-PS predictions contain NaN or Inf; the scorer needs finite integers")
-    return np.clip(np.rint(values), PS_MIN, PS_MAX).astype(np.int64)
+from merjax.submission import ps_to_submission
 
 
 def mae(pred, target):

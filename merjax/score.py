@@ -52,7 +52,7 @@ from tfds_builders.mer2026.csvs import TRACK1_LABELS as CROSS_LABELS
 # MER-Prefer's preferences in the metric's order: a1=0, a2=1, same=2.
 from tfds_builders.mer2026.csvs import PREFERENCES
 # The MER-PS scorer takes integers on the raw label scale (§5.7).
-PS_MIN, PS_MAX = metrics.PS_MIN, metrics.PS_MAX
+from merjax.submission import PS_MAX, PS_MIN
 # A plain decimal number. float() alone would also take "1_0" (= 10), which a CSV scorer does not.
 _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 

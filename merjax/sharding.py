@@ -118,16 +118,23 @@ def log_parameters(state, shardings):
 
 
 def memory_summary(compiled):
-    """The compiled step's memory analysis in MB (None where the backend gives none)."""
+    """The compiled step's memory per device in bytes (None where the backend gives none):
+    XLA's argument, output, temp, alias and generated-code sizes, and `peak`, the larger of
+    arguments + outputs + temporaries - aliased (donated buffers reused for outputs) and XLA's
+    own peak where it reports one (the CPU's leaves temporaries out; neither may undercount).
+    The one place memory_analysis() is read (merjax/costs.py reports `peak`)."""
     analysis = compiled.memory_analysis()
     if analysis is None:
         return None
-    fields = ("argument", "output", "temp", "generated_code")
-    return {f: getattr(analysis, f"{f}_size_in_bytes", 0) / 2**20 for f in fields}
+    fields = ("argument", "output", "temp", "alias", "generated_code")
+    summary = {f: int(getattr(analysis, f"{f}_size_in_bytes", 0) or 0) for f in fields}
+    live = summary["argument"] + summary["output"] + summary["temp"] - summary["alias"]
+    summary["peak"] = max(live, int(getattr(analysis, "peak_memory_in_bytes", 0) or 0))
+    return summary
 
 
 def log_memory(compiled):
     summary = memory_summary(compiled)
     if summary is not None:
         logging.info("compiled train step, memory per device: %s",
-                     ", ".join(f"{k} {v:.1f} MB" for k, v in summary.items()))
+                     ", ".join(f"{k} {v / 1e6:.3g} MB" for k, v in summary.items()))

@@ -20,7 +20,7 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from merjax import checkpoint, export, metrics, optim, reference, sharding, tasks
+from merjax import checkpoint, costs, export, metrics, optim, reference, sharding, tasks
 from merjax.data import pipeline, prepare
 
 MODES = ("train", "evaluate", "predict", "export")
@@ -64,6 +64,8 @@ def run(config, workdir, mode="train"):
         report = task.data_report(data)
         logging.info("data: %s", ", ".join(f"{k}={v:g}" for k, v in sorted(report.items())))
         writer.write_summary(0, report)
+        if mode == "predict" and config.data.get("candidates"):
+            return predict_candidates(config, workdir, task, mesh, data, writer)
         results = [run_fold(config, workdir, mode, task, mesh, data, fold, writer)
                    for fold in task.folds(config, data)]
         if mode == "export":
@@ -82,6 +84,23 @@ def run(config, workdir, mode="train"):
         return summary
     finally:
         writer.close()
+
+
+def predict_candidates(config, workdir, task, mesh, data, writer):
+    """--mode=predict with `config.data.candidates`: the selected states answer another
+    candidate file (e.g. MER-Prefer's stage-2 candidates) without retraining or rebuilding the
+    dataset. Each fold's state is exported, then merjax.predict reads the file's clips with the
+    builder's code and writes <workdir>/candidates/<file name>/answer.csv and answer.zip."""
+    from merjax import predict  # the serving path: exports and the builder's reading code
+    for fold in task.folds(config, data):
+        run_fold(config, workdir, "export", task, mesh, data, fold, writer)
+    csv_path = os.path.abspath(config.data.candidates)
+    out = os.path.join(workdir, "candidates", os.path.splitext(os.path.basename(csv_path))[0])
+    if jax.process_index() == 0:
+        path = predict.predict(workdir, data.info.metadata["manual_dir"], out,
+                               batch_size=int(config.eval_batch_size), candidates=csv_path)
+        logging.info("%s predict: answered %s in %s", config.task, csv_path, path)
+    return {}
 
 
 def check_batch_sizes(config, mesh):
@@ -133,13 +152,16 @@ def run_fold(config, workdir, mode, task, mesh, data, fold, writer):
         state, step, scores, cached = select(best, model_state, task, fold, state, step, scores,
                                              cached)
         if mode == "export":
+            # The selected state's scores: select() gives none when that state is the
+            # restored latest one, whose checkpoint carries them.
+            selected = scores if scores is not None else meta.get("scores")
             export.export(os.path.join(fold_dir, "export"), task=task,
                           graphdef=model_state.graphdef, state=state,
                           example=transform(fold.validation[0]),
                           input_names=task.model_inputs(config, data),
                           meta=dict(task=config.task, step=step, release=data.release,
                                     release_id=data.release_id, fold=fold.name,
-                                    **task.export_metadata(data)))
+                                    **task.export_metadata(config, data, selected)))
             return FoldResult(fold.name, step, {})
         if scores is None or mode == "evaluate":  # evaluate always measures afresh
             scores, cached = measure(evaluator, task, data, fold, state)
@@ -236,6 +258,9 @@ def train_fold(config, task, data, fold, model_state, evaluator, ckpt, best, wri
 
     Returns (last state, its step, its validation scores, its evaluation outputs or None).
     """
+    # The MFU's peak, measured (once per process) before the input pipeline's threads compete
+    # for the cores.
+    costs.peak_flops(config.model.get("dtype", "float32"), model_state.mesh.size)
     train_iter = pipeline.train_iterator(
         fold.train, evaluator.transform, global_batch_size=config.batch_size,
         seed=model_state.data_seed)
@@ -255,13 +280,13 @@ def train_fold(config, task, data, fold, model_state, evaluator, ckpt, best, wri
         logging.info("training %s parameters from step %d to %d",
                      f"{model_state.num_params:,}", step, config.total_steps)
     log = StepLog(config, writer, fold, ckpt)
-    train_step, compiled, cached = model_state.train_step(), None, None
+    compiled, cached = None, None
     with StopSignals() as stop:
         while step < config.total_steps:
             batch = sharding.to_global(next(train_iter), model_state.mesh, config)
             if compiled is None:
-                compiled = train_step.lower(state, batch).compile()
-                sharding.log_memory(compiled)
+                compiled = model_state.compiled_train_step(state, batch)
+                log.record_cost(compiled.cost)  # logged and written once; MFU divides by it
                 log.restart_clock()  # steps/s should not include compilation
             state, step_metrics = compiled(state, batch)
             step += 1
@@ -278,6 +303,7 @@ def train_fold(config, task, data, fold, model_state, evaluator, ckpt, best, wri
                 if best is not None and _improves(scores[key], best_value, task.SELECT[1]):
                     best_value = scores[key]
                     best.save(step, state, None, _meta(data, step, scores))
+                log.restart_clock()  # steps/s and MFU count training steps, not evaluation
             stopping = stop.signum is not None and not last
             if step % config.checkpoint_every == 0 or last or stopping:
                 log.flush()  # never checkpoint a state whose loss went non-finite
@@ -341,11 +367,21 @@ class Evaluator:
 
 class StepLog:
     """Per-step scalars stay on device until a flush: then they are fetched at once, checked
-    for a non-finite loss, averaged, written and logged with steps/s and ETA."""
+    for a non-finite loss, averaged, written and logged with steps/s, samples/s, MFU and ETA
+    (`perf/...`). The compiled step's costs (`record_cost`, merjax/costs.py) are logged and
+    written once (`cost/...`, one row without a fold: a resumed run or the next fold replaces
+    it)."""
 
     def __init__(self, config, writer, fold, ckpt):
         self.config, self.writer, self.fold, self.ckpt = config, writer, fold, ckpt
         self.pending, self.start, self.start_step = [], time.time(), None
+        self.cost = {}
+
+    def record_cost(self, cost):
+        self.cost = cost
+        logging.info("%scost: %s", f"{self.fold.name} " if self.fold.name else "",
+                     costs.describe(cost))
+        self.writer.write_summary(0, costs.metrics(cost))
 
     def restart_clock(self):
         self.start, self.start_step = time.time(), None
@@ -368,11 +404,18 @@ class StepLog:
         means = {f"train/{k}": float(np.mean([m[k] for _, m in fetched])) for k in fetched[0][1]}
         last = fetched[-1][0]
         rate = (last - self.start_step) / max(time.time() - self.start, 1e-9)
-        self.writer.write(last, {**means, "train/steps_per_s": rate}, fold=self.fold.index)
+        perf = {"perf/steps_per_s": rate, "perf/samples_per_s": rate * self.config.batch_size}
+        mfu = costs.mfu(self.cost.get("flops_per_step"), rate,
+                        self.cost.get("peak_flops_per_s"))
+        if mfu is not None:
+            perf["perf/mfu"] = mfu
+        self.writer.write(last, {**means, **perf}, fold=self.fold.index)
         eta = (self.config.total_steps - last) / max(rate, 1e-9)
-        logging.info("%sstep %d/%d  loss %.5f  %.2f steps/s  ETA %dm%02ds",
+        logging.info("%sstep %d/%d  loss %.5f  %.2f steps/s  %.1f samples/s  MFU %s  ETA %dm%02ds",
                      f"{self.fold.name} " if self.fold.name else "", last,
-                     self.config.total_steps, means["train/loss"], rate, eta // 60, eta % 60)
+                     self.config.total_steps, means["train/loss"], rate,
+                     perf["perf/samples_per_s"], "n/a" if mfu is None else f"{mfu:.2%}",
+                     eta // 60, eta % 60)
         self.pending.clear()
         self.start, self.start_step = time.time(), last
 
@@ -430,6 +473,12 @@ def check_release(meta, data, ckpt):
                              f"--workdir for another release.")
 
 
+# Shared by the ModelStates of one program (see ModelState.compiled_train_step).
+_OPTIMIZERS = {}
+_COMPILED = {}
+_COMPILED_KEPT = 4
+
+
 class ModelState:
     """The model + optimizer as one sharded nnx.State: abstract shapes, init, restore target, and
     the jitted train and eval steps over it. The benchmark builds the same object.
@@ -440,7 +489,16 @@ class ModelState:
 
     def __init__(self, config, mesh, task, data, stats, fold_index=None):
         self.config, self.mesh, self.task = config, mesh, task
-        self.tx, self.lr_schedule = optim.make(config.optim, config.total_steps)
+        # One optimizer object per program: it is part of the graphdef, which keys the
+        # compiled steps that the folds of a run share (`compiled_train_step`).
+        # The functions are in the key by identity: a task function replaced at run time (a
+        # test's monkeypatch, a notebook's edit) is another program, never a stale cache hit.
+        self._program = (task.__name__, task.loss, task.predict,
+                         config.to_json_best_effort(sort_keys=True), mesh)
+        if self._program not in _OPTIMIZERS:
+            _OPTIMIZERS.clear()
+            _OPTIMIZERS[self._program] = optim.make(config.optim, config.total_steps)
+        self.tx, self.lr_schedule = _OPTIMIZERS[self._program]
         root = jax.random.fold_in(jax.random.key(config.seed),
                                   0 if fold_index is None else fold_index + 1)
         self.params_key, self.dropout_key = (jax.random.fold_in(root, i) for i in (0, 1))
@@ -467,11 +525,38 @@ class ModelState:
     def restore_target(self):
         return checkpoint.abstract_like(self.abstract, self.shardings)
 
-    def train_step(self):
-        config, task, graphdef, lr_schedule = self.config, self.task, self.graphdef, self.lr_schedule
-        dropout_key = self.dropout_key
+    def compiled_train_step(self, state, batch):
+        """The train step compiled for the shapes and shardings of (state, batch): (state,
+        batch) -> (state, metrics), with its `.cost` (merjax/costs.py: FLOPs, bytes, memory,
+        parameter and optimizer bytes, peak FLOP/s). Compiled, and its cost read, once per
+        process for every ModelState of the same program (the folds of a CV run differ only in
+        their dropout key, an argument)."""
+        leaves = tuple((x.shape, x.dtype, x.sharding) for x in jax.tree.leaves((state, batch)))
+        # task.loss too: the step traces whatever it is now (a test may swap it for a NaN loss).
+        key = (self._program, self.task.loss, self.graphdef, jax.tree.structure((state, batch)),
+               leaves)
+        if key not in _COMPILED:
+            if len(_COMPILED) >= _COMPILED_KEPT:  # bounded: a test session runs many programs
+                _COMPILED.pop(next(iter(_COMPILED)))
+            traced = self.train_step().trace(state, batch, self.dropout_key)
+            compiled = traced.lower().compile()
+            sharding.log_memory(compiled)
+            _COMPILED[key] = compiled, costs.train_step_costs(
+                compiled, traced.jaxpr, self.abstract, self.mesh.size,
+                self.config.model.get("dtype", "float32"))
+        (compiled, cost), dropout_key = _COMPILED[key], self.dropout_key
 
-        def step(state, batch):
+        def run(state, batch):
+            return compiled(state, batch, dropout_key)
+
+        run.cost = cost
+        return run
+
+    def train_step(self):
+        """The jitted train step (state, batch, dropout key) -> (state, metrics)."""
+        config, task, graphdef, lr_schedule = self.config, self.task, self.graphdef, self.lr_schedule
+
+        def step(state, batch, dropout_key):
             model, opt = nnx.merge(graphdef, state)
             opt_step = opt.step[...]
             # Randomness is a function of (seed, fold, step) only: a resumed run repeats it.
@@ -488,10 +573,16 @@ class ModelState:
                        donate_argnums=0)
 
     def eval_step(self):
+        """The jitted eval step, one per program like the train step (jit caches its shapes)."""
         graphdef, task = self.graphdef, self.task
+        key = ("eval", self._program, graphdef)
 
         def step(state, batch):
             model, _ = nnx.merge(graphdef, state)
             return task.predict(model, batch)
 
-        return jax.jit(step)
+        if key not in _COMPILED:
+            if len(_COMPILED) >= _COMPILED_KEPT:
+                _COMPILED.pop(next(iter(_COMPILED)))
+            _COMPILED[key] = jax.jit(step)
+        return _COMPILED[key]

@@ -200,7 +200,12 @@ def test_benchmark_reports_the_baseline_shapes():
          "--steps=2", "--pipeline_batches=2"], cwd=root, capture_output=True, text=True,
         timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    report = json.loads(proc.stdout)  # the JSON line alone: it pipes into jq
+    assert isinstance(report, dict) and proc.stdout.count("\n") == 1
+    for key in ("flops_per_step", "matmul_flops_per_step", "bytes_accessed_per_step",
+                "peak_memory_bytes_per_device", "param_bytes", "optimizer_bytes",
+                "peak_flops_per_s", "mfu"):
+        assert np.isfinite(report[key]) and report[key] > 0, key
     assert report["global_batch"] == 32 and report["params"] > 0
     assert report["input_shapes"]["audio"] == [1, 1024]
     assert report["input_shapes"]["text"] == [1, 1024]

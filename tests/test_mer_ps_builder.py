@@ -17,7 +17,7 @@ import scipy.signal
 from merjax.data import prepare
 from tfds_builders.mer_ps import demo
 from tfds_builders.mer_ps import mer_ps_dataset_builder as mps
-from tfds_builders.mer_ps import release
+from tfds_builders.mer_ps import release, signals
 from tfds_builders.mer_ps.release import ReleaseError
 
 TRAIN, VALIDATION = ("test_1", "test_2"), ("test_3",)
@@ -397,7 +397,7 @@ def test_a_complete_release_logs_no_missing_side_file(built_250):
 
 
 @pytest.mark.parametrize("name,purpose", [
-    ("fNIRS_reservations.csv", "the per-subject fNIRS channel mask"),
+    ("fNIRS_reservations.csv", "the per-subject fNIRS channel marks, checked against the signals"),
     ("Targeted_emotions.txt", "the videos' emotion codes, recorded in the dataset metadata"),
 ])
 def test_required_side_files(demo_250, name, purpose, tmp_path):
@@ -517,6 +517,50 @@ def test_reservation_check_rules(junk, mark_junk, suspect):
         assert 0.7 < bad["median_hbo_variance"] < 1.3  # NaNs skipped, not propagated
 
 
+@pytest.mark.parametrize("junk,reason", [("noisy", "outlier"), ("flat", "flat"),
+                                         ("nan", "nonfinite"), ("unused_type_nan", None)])
+def test_channel_rule(junk, reason):
+    """The fNIRS channels the model reads come from the signals alone (hidden subjects have no
+    fNIRS_reservations.csv): junk of each kind in channels 46-50 drops exactly them; junk in a
+    type the model does not read (Abs830) drops nothing."""
+    rng = np.random.default_rng(1)
+    odd = np.arange(200) % 2 == 1
+    fill = {"noisy": lambda v: rng.normal(0.0, 30.0, (6, 5, 200)),   # 900x the variance
+            "flat": lambda v: np.full((6, 5, 200), 7.0 * v),
+            "nan": lambda v: np.where(odd, np.nan, rng.normal(0.0, 1.0, (6, 5, 200)))}
+    fill["unused_type_nan"] = lambda v: np.concatenate(
+        [rng.normal(0.0, 1.0, (5, 5, 200)), np.full((1, 5, 200), np.nan)])
+    videos, baselines = _fnirs_trials(rng, fill[junk])
+    kept, dropped = signals.channel_rule(videos, baselines, (0, 1, 2))
+    junk_channels = [46, 47, 48, 49, 50]
+    if reason is None:
+        assert kept.all() and not any(dropped.values())
+        return
+    np.testing.assert_array_equal(np.flatnonzero(~kept), junk_channels)
+    assert dropped == {k: (junk_channels if k == reason else []) for k in dropped}
+
+
+def test_channel_rule_is_the_mask_and_reservations_add_to_it(broken):
+    """A NaN in a channel the reservations keep: the rule drops it (counted), where the build
+    used to stop; `use_reservations` also drops the channels marked 0."""
+    path = broken / "data" / "test_1" / "fNIRS_videos.mat"
+    marks = _kept_channels(broken, "test_1")
+    good = int(np.flatnonzero(marks)[3])
+    x = _var(path, "video_9")
+    x[0, good, 40] = -np.inf
+    _resave(path, {"video_9": x})
+    inventory = _check(broken)
+    rule = release.load_subject(inventory, "test_1", eeg_rate_hz=50, fnirs_bins=4,
+                                fnirs_types=(0, 1, 2))
+    assert rule.channel_rule["nonfinite"] == [good]
+    assert not rule.fnirs_mask[good] and np.isfinite(rule.trials[9].fnirs).all()
+    np.testing.assert_array_equal(rule.trials[9].fnirs[..., good], 0)
+    both = release.load_subject(inventory, "test_1", eeg_rate_hz=50, fnirs_bins=4,
+                                fnirs_types=(0, 1, 2), use_reservations=True)
+    np.testing.assert_array_equal(both.fnirs_mask, rule.fnirs_mask & marks)
+    assert both.zeroed_nonfinite == 1
+
+
 def test_load_log_is_one_info_summary(demo_250, caplog):
     caplog.set_level("DEBUG", logger="absl")
     inventory = _check(demo_250, TRAIN + VALIDATION)
@@ -612,7 +656,6 @@ def test_inconsistent_eeg_rate(broken):
 @pytest.mark.parametrize("file,name,index,value,found", [
     ("EEG_videos.mat", "video_4", (5, 17), np.nan, "nan at index [5, 17]"),
     ("EEG_baselines.mat", "video_1", (0, 3), np.inf, "inf at index [0, 3]"),
-    ("fNIRS_videos.mat", "video_9", (0, 3, 40), -np.inf, "-inf at index [0, 3, 40]"),
 ])
 def test_nan_and_inf_in_signals(broken, file, name, index, value, found):
     path = broken / "data" / "test_1" / file
@@ -676,6 +719,6 @@ def test_matlab_v73_files_are_read_transposed(tmp_path):
         f["video_1"] = data.T                    # MATLAB writes column-major
     with open(path, "r+b") as f:                 # the header MATLAB puts in the user block
         f.write(b"MATLAB 7.3 MAT-file".ljust(116) + b"\0" * 8 + b"\x00\x02" + b"IM")
-    assert release.mat_version(path) == 73
-    assert release.mat_shapes(path) == {"video_1": (64, 10)}
-    np.testing.assert_array_equal(release.read_mat(path, ("video_1",))["video_1"], data)
+    assert signals.mat_version(path) == 73
+    assert signals.mat_shapes(path) == {"video_1": (64, 10)}
+    np.testing.assert_array_equal(signals.read_mat(path, ("video_1",))["video_1"], data)

@@ -3,22 +3,12 @@
 Chinese subtitles are 3 bytes a character, so `group` adjacent byte embeddings are concatenated
 and projected into one token (a strided patch over bytes), keeping sequences short.
 """
-import numpy as np
 from einops import rearrange
 from flax import nnx
 
+# The numpy side (bytes -> ids and mask) lives with the other clip inputs; kept importable here.
+from merjax.data.clip_inputs import PAD, encode  # noqa: F401
 from merjax.models import layers
-
-PAD = 0  # byte ids are shifted by one so 0 can mean padding
-
-
-def encode(text, max_bytes):
-    """str or bytes -> (ids [max_bytes] int32, mask [max_bytes] bool), numpy side."""
-    raw = text.encode("utf-8") if isinstance(text, str) else bytes(text)
-    raw = raw[:max_bytes]
-    ids = np.zeros(max_bytes, np.int32)
-    ids[:len(raw)] = np.frombuffer(raw, np.uint8).astype(np.int32) + 1
-    return ids, ids != PAD
 
 
 class ByteStem(nnx.Module):

@@ -66,8 +66,12 @@ class Task(Protocol):
         """Scalar facts about the prepared data (counts of examples, of missing or masked
         inputs) that the loop logs and writes once to metrics.jsonl."""
 
-    def export_metadata(self, data) -> dict:
-        """Facts an exported predictor needs (label names, priors, preprocessing)."""
+    def export_metadata(self, config, data, scores) -> dict:
+        """Facts an exported predictor needs beside the network, written into the fold's
+        signature.json (merjax/export.py) and read by `python -m merjax.predict`: `outputs`
+        (names of the outputs, in order), label names, priors, the preprocessing that rebuilds
+        the inputs, how outputs become answers. `scores` are the exported (selected) state's
+        validation scores, e.g. a decision threshold chosen on them (MER-FG)."""
 
 
 CONSTANTS = tuple(k for k in Task.__annotations__)

@@ -1,21 +1,22 @@
 """What the clip tracks (MER-Cross, MER-FG, MER-Prefer) share on the training side: the clip
 inputs of a prepared dataset (tfds_builders/mer2026/clips.py writes them) as model inputs,
-their train statistics, their pooled form for the linear reference, and the fusion model.
+their train statistics, their pooled form for the linear reference, the fusion model, and what
+an export records so `python -m merjax.predict` reads new clips as the builder did.
 
-Inputs arrive zero-padded to fixed shapes with `<input>_length` (0: missing); here each becomes
-an array plus a `<input>_mask`, so the model ignores padding and missing inputs alike.
+Inputs arrive zero-padded to fixed shapes with `<input>_length` (0: missing); each becomes an
+array plus a `<input>_mask` (merjax/data/clip_inputs.py, shared with merjax.predict), so the
+model ignores padding and missing inputs alike.
 """
+import dataclasses
+
 import numpy as np
+import tensorflow_datasets as tfds
 from absl import logging
 
-from merjax.data import pipeline
-from merjax.models import fusion, text
+from merjax.data import clip_inputs, pipeline
+from merjax.models import fusion
 from merjax.tasks import common
-
-# Input name -> stem kind, by the prepared dataset's input kind.
-_STEMS = {"features": {"audio": "dense", "text": "dense", "video": "dense"},
-          "raw": {"audio": "mel", "faces": "faces", "text": "bytes"}}
-_GROUP = 4  # mel frames and text bytes per token (models/fusion.py, models/text.py)
+from tfds_builders.mer2026 import clips as clip_builder
 
 
 def builder_folds(data, id_field, what):
@@ -68,49 +69,32 @@ def fold_mean(results, data):
 
 def modalities(data):
     """{name: (stem kind, input dim, padded input length)}, read off the dataset's features."""
-    f = data.info.features
-    stems = _STEMS["features" if "video" in f else "raw"]
-    out = {}
-    for name, kind in stems.items():
-        if kind == "dense":
-            length, dim = f[name].shape
-        elif kind == "mel":
-            length, dim = round_up(f[name].shape[0], _GROUP), f[name].shape[1]
-        elif kind == "faces":
-            length, dim = f[name].shape[0], f[name].shape[1]
-        else:  # bytes: the zero-padded UTF-8 bytes beside the text
-            length, dim = round_up(f["text_bytes"].shape[0], _GROUP), 0
-        out[name] = (kind, dim, length)
-    return out
-
-
-def round_up(n, m):
-    return -(-n // m) * m
+    return clip_inputs.modalities(data.info.features)
 
 
 def input_names(data):
     """The model's inputs: each modality and its mask (the exported signature's order)."""
-    return tuple(k for m in modalities(data) for k in (m, f"{m}_mask"))
+    return clip_inputs.input_names(modalities(data))
 
 
-def inputs(example, mods):
-    """A decoded example's clip inputs -> {name: array, name_mask: bool array} at fixed shapes."""
-    out = {}
-    for name, (kind, _, length) in mods.items():
-        if kind == "bytes":
-            n = int(example["text_length"])
-            out[name], out[f"{name}_mask"] = text.encode(
-                np.asarray(example["text_bytes"])[:n].tobytes(), length)
-        elif kind == "faces":  # faces_length: num_faces, or 0 when the clip has none
-            out[name] = example[name]
-            out[f"{name}_mask"] = np.arange(length) < int(example[f"{name}_length"])
-        else:  # stored zero-padded at the end, with the count of real steps (0: missing)
-            x = np.asarray(example[name], np.float32)
-            padded = np.zeros((length,) + x.shape[1:], np.float32)
-            padded[:len(x)] = x
-            out[name] = padded
-            out[f"{name}_mask"] = np.arange(length) < int(example[f"{name}_length"])
-    return out
+def export_metadata(data, dataset, track_fields=()):
+    """What merjax.predict needs to read candidates as the builder `dataset`
+    (tfds_builders/<dataset>/) read them: `clip_inputs` = the builder, the fields that rebuild
+    its config (every ClipConfig field but the name and release fingerprint, plus the track's
+    own `track_fields` that shape the records) and the modalities table the transform used."""
+    c = data.builder_config
+    own = {f.name for f in dataclasses.fields(tfds.core.BuilderConfig)} | {"release_id"}
+    names = [f.name for f in dataclasses.fields(clip_builder.ClipConfig) if f.name not in own]
+    fields = {k: _plain(getattr(c, k)) for k in names + list(track_fields)}
+    return dict(clip_inputs=dict(
+        dataset=dataset, config=fields,
+        modalities={k: dict(kind=kind, dim=dim, length=length)
+                    for k, (kind, dim, length) in modalities(data).items()}))
+
+
+def _plain(value):
+    """A config value as JSON keeps it (tuples as lists)."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def input_stats(train, config):

@@ -1,9 +1,6 @@
-"""Pieces every task uses: the Fold it hands the loop, input-statistics helpers and the
-submission CSV writer."""
-import csv
+"""Pieces every task uses: the Fold it hands the loop and input-statistics helpers
+(submission files: merjax/submission.py)."""
 import dataclasses
-import os
-import zipfile
 
 import numpy as np
 
@@ -45,22 +42,3 @@ def cv_means(results):
     keys = [k.split("/", 1)[1] for k in results[0].scores if k.startswith("val/")
             and all(k in r.scores for r in results)]
     return {f"cv/{k}": float(np.mean([r.scores[f"val/{k}"] for r in results])) for k in keys}
-
-
-def write_csv(path, header, rows):
-    """A submission CSV, written aside and renamed so a killed run never leaves half a file."""
-    with open(path + ".tmp", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    os.replace(path + ".tmp", path)
-    return path
-
-
-def write_answer(workdir, header, rows, name="answer.csv"):
-    """A clip track's submission: `name` in the workdir and answer.zip holding it (what
-    Codabench takes). Returns the CSV's path."""
-    path = write_csv(os.path.join(workdir, name), header, rows)
-    with zipfile.ZipFile(os.path.join(workdir, "answer.zip"), "w", zipfile.ZIP_DEFLATED) as z:
-        z.write(path, arcname=name)
-    return path

@@ -21,8 +21,8 @@ import numpy as np
 import optax
 from absl import logging
 
-from merjax import metrics, reference as ref
-from merjax.data import pipeline
+from merjax import metrics, submission, reference as ref
+from merjax.data import clip_inputs, pipeline
 from merjax.tasks import clips, common
 from tfds_builders.mer2026 import TRACK1_LABELS
 
@@ -78,7 +78,7 @@ def make_transform(config, data):
 
     def transform(example):
         return {"label": np.int32(example["label"]), "row": np.int32(example["index"]),
-                **clips.inputs(example, mods)}
+                **clip_inputs.inputs(example, mods)}
 
     return transform
 
@@ -88,13 +88,17 @@ def model_inputs(config, data):
     return clips.input_names(data)
 
 
-def export_metadata(data):
+def export_metadata(config, data, scores):
+    del config, scores
     majority = LABELS[int(data.info.metadata["majority_label"])]
     return dict(output="logits over label_names; average over folds, then argmax",
+                outputs=dict(names=list(LABELS), kind="logits"),
                 label_names=list(LABELS), builder_config=data.builder_config.name,
                 no_input_label=majority,
-                no_input_rule=f"an example whose every *_mask is all false is answered "
-                              f"{majority!r} (the majority training class), not by the argmax")
+                no_input_rule=f"a candidate whose clip misses every input (the builder's "
+                              f"no_input) is answered {majority!r} (the majority training "
+                              f"class), not by the argmax",
+                **clips.export_metadata(data, DATASET))
 
 
 def input_stats(train, config):
@@ -183,14 +187,9 @@ def write_outputs(workdir, results, config, data):
     _, names, logits = clips.fold_mean(results, data)
     without = set(meta["no_input"]["candidates"])
     no_input = np.array([n in without for n in names], bool)
-    answer = logits.argmax(-1)
-    answer[no_input] = int(meta["majority_label"])
-    bad = np.flatnonzero(~np.isfinite(logits).all(-1) & ~no_input)
-    if len(bad):
-        raise FloatingPointError(f"non-finite averaged logits for {len(bad)} candidates, e.g. "
-                                 f"row {bad[0]} ({names[bad[0]]}): {logits[bad[0]]}")
-    path = common.write_answer(workdir, ["name", "discrete"],
-                               ([n, LABELS[int(c)]] for n, c in zip(names, answer)))
+    answer = submission.cross_answers(logits, no_input, meta["majority_label"], names)
+    path = submission.write_answer(workdir, submission.CROSS_HEADER,
+                                   ([n, LABELS[int(c)]] for n, c in zip(names, answer)))
     np.savez(os.path.join(workdir, "candidate_logits.npz"), name=np.array(names), logits=logits,
              labels=np.array(LABELS), answer=answer, no_input=no_input)
     logging.info("wrote %d candidate answers to %s and answer.zip (logits averaged over %d "

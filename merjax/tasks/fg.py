@@ -23,7 +23,8 @@ import numpy as np
 import optax
 from absl import logging
 
-from merjax import metrics, reference as ref
+from merjax import metrics, submission, reference as ref
+from merjax.data import clip_inputs
 from merjax.tasks import clips, common
 from tfds_builders.mer2026 import emotion_wheel, string_to_list
 
@@ -33,6 +34,9 @@ ID_FIELD = "name"
 SELECT = ("ew_f1", "max")
 EVAL_FIELDS = ("labels", "gold", "row")
 SUBMISSION_FILE = "answer.csv"
+# Each clip's top word and every word >= threshold (merjax/submission.py: merjax.predict
+# decodes an export's candidates with it too).
+decode = submission.fg_decode
 THRESHOLDS = tuple(np.round(np.arange(0.05, 0.951, 0.05), 2))
 
 
@@ -73,7 +77,7 @@ def make_transform(config, data):
         words = words.decode() if isinstance(words, bytes) else str(words)
         return {"labels": np.asarray(example["labels"], np.float32),
                 "gold": gold_bits(words, wheel, categories), "row": np.int32(example["index"]),
-                **clips.inputs(example, mods)}
+                **clip_inputs.inputs(example, mods)}
 
     return transform
 
@@ -129,14 +133,6 @@ def loss(model, batch, config, rngs):
 def predict(model, batch):
     """Word probabilities [B, V] (averaged over folds before decoding)."""
     return jax.nn.sigmoid(model(batch, train=False))
-
-
-def decode(probs, threshold):
-    """[N, V] probabilities -> bool [N, V]: each clip's top word, and every word >= threshold."""
-    probs = np.asarray(probs)
-    chosen = probs >= threshold
-    chosen[np.arange(len(probs)), probs.argmax(-1)] = True
-    return chosen
 
 
 def ew(chosen, gold, word_bits, categories):
@@ -203,12 +199,26 @@ def data_report(data):
     return report
 
 
-def export_metadata(data):
+def export_metadata(config, data, scores):
+    """Beside the vocabulary and the no-input answer: `threshold`, the fold's selected state's
+    best validation threshold (val/threshold); the candidates are decoded at the folds' mean."""
+    del config
+    threshold = (scores or {}).get("val/threshold")
+    if threshold is None:
+        raise ValueError(f"MER-FG exports need the selected state's validation threshold "
+                         f"(val/threshold in its scores); found scores {sorted(scores or {})}. "
+                         f"Finish training the run (--mode=train) before --mode=export")
     return dict(output="word probabilities over `vocabulary`; average over folds, then keep "
                        "each clip's top word and every word >= the folds' mean threshold",
+                outputs=dict(names="probability of each vocabulary word (`vocabulary`, in "
+                                   "order)", kind="probabilities"),
                 vocabulary=list(data.builder_config.vocabulary),
+                threshold=float(threshold),
                 no_input_answer=list(data.info.metadata["most_frequent_set"]),
-                builder_config=data.builder_config.name)
+                no_input_rule="a candidate whose clip misses every input (the builder's "
+                              "no_input) is answered no_input_answer, not by the model",
+                builder_config=data.builder_config.name,
+                **clips.export_metadata(data, DATASET))
 
 
 def write_outputs(workdir, results, config, data):
@@ -223,12 +233,11 @@ def write_outputs(workdir, results, config, data):
     meta, vocabulary = data.info.metadata, list(data.builder_config.vocabulary)
     threshold = float(np.mean([r.scores["val/threshold"] for r in results]))
     _, names, probs = clips.fold_mean(results, data)
-    chosen = decode(probs, threshold)
     without = set(meta["no_input"]["candidates"])
     no_input = np.array([n in without for n in names], bool)
-    chosen[no_input] = _top_set(data)
-    answers = [",".join(w for w, keep in zip(vocabulary, row) if keep) for row in chosen]
-    path = common.write_answer(workdir, ["name", "openset"], zip(names, answers))
+    chosen = submission.fg_answers(probs, threshold, no_input, _top_set(data), names)
+    answers = submission.fg_words(chosen, vocabulary)
+    path = submission.write_answer(workdir, submission.FG_HEADER, zip(names, answers))
     counts = collections.Counter(w for a in answers for w in a.split(","))
     logging.info("wrote %d candidate answers to %s and answer.zip (threshold %.2f, %.1f words "
                  "a clip, %d distinct; %d without input answered %s); most given: %s",

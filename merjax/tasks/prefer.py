@@ -32,10 +32,9 @@ import numpy as np
 import optax
 from absl import logging
 
-from merjax import metrics, reference as ref
-from merjax.data import pipeline
+from merjax import metrics, submission, reference as ref
+from merjax.data import clip_inputs, pipeline
 from merjax.models import prefer as prefer_model
-from merjax.models import text
 from merjax.tasks import clips, common
 from tfds_builders.mer2026 import PREFERENCES
 
@@ -45,7 +44,7 @@ ID_FIELD = "name"
 SELECT = ("waf", "max")
 EVAL_FIELDS = ("preference", "row", "lengths")
 SUBMISSION_FILE = "answer.csv"
-DESCRIPTIONS = ("a1", "a2")
+DESCRIPTIONS = clip_inputs.DESCRIPTIONS  # ("a1", "a2")
 A1, A2, SAME = range(3)  # the metric's encoding (csvs.PREFERENCES)
 TARGETS = {A1: 1.0, A2: 0.0, SAME: 0.5}  # P(a1 preferred)
 TIES = ("soft", "drop")
@@ -61,7 +60,8 @@ def folds(config, data):
 def description_length(config, data):
     """The padded byte length of a description: the stored one rounded up to whole tokens of
     `config.model.text.group` bytes."""
-    return clips.round_up(data.info.features["a1_bytes"].shape[0], config.model.text.group)
+    return clip_inputs.round_up(data.info.features["a1_bytes"].shape[0],
+                                config.model.text.group)
 
 
 def _weights(config, data):
@@ -97,11 +97,8 @@ def make_transform(config, data):
                # The whole texts' UTF-8 lengths (the stored bytes may be cut): the length rule.
                "lengths": np.array([len(_text(example[c]).encode("utf-8"))
                                     for c in DESCRIPTIONS], np.int32)}
-        for c in DESCRIPTIONS:
-            n = int(example[f"{c}_length"])
-            out[c], out[f"{c}_mask"] = text.encode(
-                np.asarray(example[f"{c}_bytes"])[:n].tobytes(), length)
-        out.update(clips.inputs(example, mods))
+        out.update(clip_inputs.descriptions(example, length))
+        out.update(clip_inputs.inputs(example, mods))
         return out
 
     return transform
@@ -109,7 +106,7 @@ def make_transform(config, data):
 
 def model_inputs(config, data):
     del config
-    return clips.input_names(data) + tuple(k for c in DESCRIPTIONS for k in (c, f"{c}_mask"))
+    return clips.input_names(data) + clip_inputs.description_names()
 
 
 def input_stats(train, config):
@@ -215,9 +212,9 @@ def predict(model, batch):
     return jax.nn.sigmoid(model(batch, train=False))
 
 
-def decide(probs):
-    """P(a1 preferred) -> the metric's codes: a1 (0) where P >= 0.5, else a2 (1); never a tie."""
-    return np.where(np.asarray(probs) >= 0.5, A1, A2)
+# P(a1 preferred) -> the metric's codes: a1 (0) where P >= 0.5, else a2 (1); never a tie
+# (merjax/submission.py: merjax.predict answers an export's candidates with it too).
+decide = submission.prefer_codes
 
 
 def eval_metrics(outputs, kept, data, prefix="val/"):
@@ -266,14 +263,20 @@ def majority_preference(data):
     return PREFERENCES[A1] if a1 >= a2 else PREFERENCES[A2]
 
 
-def export_metadata(data):
+def export_metadata(config, data, scores):
+    """Beside the answers' rule: the padded description length the model reads
+    (`description_length`); the builder's cut (`max_description_bytes`) is in clip_inputs."""
+    del scores
     return dict(output="P(a1 preferred) per pair; average over folds, then a1 where >= 0.5, "
                        "else a2",
+                outputs=dict(names=["P(a1 preferred)"], kind="probability"),
                 preference_names=list(PREFERENCES[:2]),
+                description_length=int(description_length(config, data)),
                 no_input_answer=majority_preference(data),
-                no_input_rule="a pair whose clip has every *_mask all false is answered "
-                              "no_input_answer, not by the model",
-                builder_config=data.builder_config.name)
+                no_input_rule="a pair whose clip misses every input (the builder's no_input) "
+                              "is answered no_input_answer, not by the model",
+                builder_config=data.builder_config.name,
+                **clips.export_metadata(data, DATASET, ("max_description_bytes",)))
 
 
 def write_outputs(workdir, results, config, data):
@@ -295,16 +298,11 @@ def write_outputs(workdir, results, config, data):
         texts.append([_text(example[c]) for c in DESCRIPTIONS])
     without = set(meta["no_input"]["candidates"])
     no_input = np.array([n in without for n in names], bool)
-    bad = np.flatnonzero(~np.isfinite(probs) & ~no_input)
-    if len(bad):
-        raise FloatingPointError(f"non-finite averaged probabilities for {len(bad)} candidates, "
-                                 f"e.g. row {bad[0]} ({names[bad[0]]}): {probs[bad[0]]}")
-    answer = np.array([PREFERENCES[c] for c in decide(probs)], object)
     fallback = majority_preference(data)
-    answer[no_input] = fallback
-    path = common.write_answer(workdir, ["name", "a1", "a2", "preference"],
-                               ([n, a1, a2, p] for n, (a1, a2), p in zip(names, texts,
-                                                                          answer)))
+    answer = submission.prefer_answers(probs, no_input, fallback, names)
+    path = submission.write_answer(workdir, submission.PREFER_HEADER,
+                                   ([n, a1, a2, p] for n, (a1, a2), p in zip(names, texts,
+                                                                              answer)))
     np.savez(os.path.join(workdir, "candidate_probabilities.npz"), name=np.array(names),
              p_a1=probs, answer=answer.astype(str), no_input=no_input)
     logging.info("wrote %d candidate answers to %s and answer.zip (P(a1) averaged over %d "

@@ -18,7 +18,7 @@ import optax
 import numpy as np
 from absl import logging
 
-from merjax import metrics, reference as ref
+from merjax import metrics, reference as ref, submission
 from merjax.data import pipeline, transforms
 from merjax.models import physio
 from merjax.tasks import common
@@ -30,7 +30,7 @@ ID_FIELD = "sample_id"
 SELECT = ("mae", "min")  # on the inner subjects
 MODEL_FIELDS = ("eeg", "fnirs", "fnirs_mask", "context_mask", "prior")
 EVAL_FIELDS = ("label", "prior")  # kept from each eval batch for the metrics
-SUBMISSION_FILE = "predictions.csv"
+SUBMISSION_FILE = submission.PS_FILE
 
 
 def folds(config, data):
@@ -63,13 +63,20 @@ def model_inputs(config, data):
     return MODEL_FIELDS
 
 
-def export_metadata(data):
+def export_metadata(config, data, scores):
+    """What a predictor needs beside the network: the output names and scale, the builder's
+    preprocessing (tfds_builders/mer_ps/signals.py runs it on hidden subjects) and the
+    training subjects' per-(video, second) prior, an input of the network."""
+    del config, scores
+    c = data.builder_config
     return dict(
         output="valence, arousal on the raw [1, 255] scale; round half to even and clip to "
                "[1, 255] for predictions.csv",
+        outputs=dict(names=["valence", "arousal"], scale=[1, 255]),
         sample_id="{subject}_V{video:02d}_T{second:03d}, 0-based second",
-        preprocessing={k: data.info.metadata.get(k) for k in (
-            "eeg_rate_hz", "context_s", "fnirs_bins", "fnirs_types")},
+        preprocessing=dict(eeg_rate_hz=int(c.eeg_rate_hz), context_s=int(c.context_s),
+                           fnirs_bins=int(c.fnirs_bins), fnirs_types=list(c.fnirs_types),
+                           fnirs_mask=data.info.metadata.get("fnirs_mask_rule")),
         label_prior=data.info.metadata.get("label_prior"))
 
 
@@ -215,16 +222,6 @@ def write_outputs(workdir, results, config, data):
     del config, data
     if jax.process_index() == 0:
         (result,) = results
-        path = write_submission(os.path.join(workdir, SUBMISSION_FILE), result.ids, result.outputs)
+        path = submission.write_ps_predictions(os.path.join(workdir, SUBMISSION_FILE),
+                                               result.ids, result.outputs)
         logging.info("wrote %d predictions to %s", len(result.ids), path)
-
-
-def write_submission(path, ids, outputs):
-    """The official `sample_id,valence,arousal` file: integers in [1, 255], every id once."""
-    values = metrics.ps_to_submission(outputs)
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"Duplicate sample ids in predictions for {path}")
-    order = sorted(range(len(ids)), key=lambda i: ids[i])  # the scorer joins on id; sorted reads well
-    ids, values = [ids[i] for i in order], values[order]
-    return common.write_csv(path, ["sample_id", "valence", "arousal"],
-                            ([i, int(v), int(a)] for i, (v, a) in zip(ids, values)))

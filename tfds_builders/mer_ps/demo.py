@@ -24,13 +24,13 @@ import numpy as np
 import scipy.io
 
 from tfds_builders import features
-from tfds_builders.mer_ps import release
+from tfds_builders.mer_ps import release, signals
 
 ALPHA_CHANNELS = tuple(range(0, 8))       # alpha power ~ valence
 BETA_CHANNELS = tuple(range(8, 16))       # beta power ~ arousal
 HBO_CHANNELS = tuple(range(0, 10))        # HbO ~ valence
 HBR_CHANNELS = tuple(range(10, 20))       # HbR ~ -arousal
-_BAD_CHANNEL_POOL = tuple(range(20, release.FNIRS_CHANNELS))
+_BAD_CHANNEL_POOL = tuple(range(20, signals.FNIRS_CHANNELS))
 _MAT_HEADER = b"MATLAB 5.0 MAT-file, Platform: posix, Created by: merjax MER-PS demo generator"
 
 
@@ -71,10 +71,10 @@ def _envelope(values01: np.ndarray, n: int) -> np.ndarray:
 def _eeg_trial(rng, labels01, n_base, n_vid, rate, gain):
     """(baseline [64, n_base], video [64, n_vid]) float32, contiguous in time."""
     n = n_base + n_vid
-    x = 10.0 * _shaped_noise(rng, (release.EEG_CHANNELS, n), rate, pink=True)
+    x = 10.0 * _shaped_noise(rng, (signals.EEG_CHANNELS, n), rate, pink=True)
     t = np.arange(n) / rate
-    x += rng.normal(0, 2.0, (release.EEG_CHANNELS, 1)) * t / t[-1]          # slow drift
-    x += rng.normal(0, 40.0, (release.EEG_CHANNELS, 1))                     # DC offset
+    x += rng.normal(0, 2.0, (signals.EEG_CHANNELS, 1)) * t / t[-1]          # slow drift
+    x += rng.normal(0, 40.0, (signals.EEG_CHANNELS, 1))                     # DC offset
     for rows, band, row01 in ((ALPHA_CHANNELS, (8, 13), labels01[0]),
                               (BETA_CHANNELS, (13, 30), labels01[1])):
         amp = 12.0 * (0.1 + _envelope(row01, n_vid))
@@ -86,7 +86,7 @@ def _eeg_trial(rng, labels01, n_base, n_vid, rate, gain):
 def _fnirs_trial(rng, labels01, n_base, n_vid, bad):
     """(baseline, video), each [6, 51, n] float32; HbT is built from HbO + HbR."""
     n = n_base + n_vid
-    shape = (len(release.FNIRS_TYPES), release.FNIRS_CHANNELS)
+    shape = (len(signals.FNIRS_TYPES), signals.FNIRS_CHANNELS)
     x = 0.3 * rng.standard_normal(shape + (n,))
     x += rng.normal(0, 0.3, shape + (1,)) * np.linspace(0, 1, n)          # slow drift
     x += rng.normal(0, 2.0, shape + (1,))                                  # DC offset
@@ -114,11 +114,11 @@ def _write_csv(path: pathlib.Path, header, rows) -> None:
 
 def _side_files(root, rng, subjects, labels, bad):
     _write_csv(root / "fNIRS_reservations.csv",
-               ["sub_id"] + [f"ch-{c}" for c in range(1, release.FNIRS_CHANNELS + 1)],
-               [[s] + [0 if c in bad[i] else 1 for c in range(release.FNIRS_CHANNELS)]
+               ["sub_id"] + [f"ch-{c}" for c in range(1, signals.FNIRS_CHANNELS + 1)],
+               [[s] + [0 if c in bad[i] else 1 for c in range(signals.FNIRS_CHANNELS)]
                 for i, s in enumerate(subjects)])
     sam_header, sam_rows = ["sub_id"], []
-    for k in release.VIDEOS:
+    for k in signals.VIDEOS:
         sam_header += [f"Video_{k}_{q}" for q in ("Valence", "Arousal", "Dominance", "Familiarity")]
     for i, s in enumerate(subjects):
         row = [s]
@@ -133,8 +133,8 @@ def _side_files(root, rng, subjects, labels, bad):
                [[s] + [int(v) for v in rng.integers(10, 51, size=4)] for s in subjects])
     _write_csv(root / "fNIRS_coordinates.csv", ["Channel", "Source", "Detector", "X", "Y", "Z"],
                [[c + 1, c // 3 + 1, c % 17 + 1] + [f"{v:.2f}" for v in rng.normal(0, 60, 3)]
-                for c in range(release.FNIRS_CHANNELS)])
-    codes = rng.integers(0, 5, size=release.NUM_VIDEOS)
+                for c in range(signals.FNIRS_CHANNELS)])
+    codes = rng.integers(0, 5, size=signals.NUM_VIDEOS)
     (root / "Targeted_emotions.txt").write_text(",".join(str(c) for c in codes) + ";\n")
 
 
@@ -152,19 +152,19 @@ def write_demo_release(root, *, seed: int = 0, num_subjects: int = 24,
         raise ValueError(f"{root}: not empty and not a demo release; refusing to write into it")
     rng = np.random.default_rng(seed)
     subjects = [f"test_{i}" for i in range(1, num_subjects + 1)]
-    lengths = [int(n) for n in rng.integers(seconds[0], seconds[1] + 1, size=release.NUM_VIDEOS)]
+    lengths = [int(n) for n in rng.integers(seconds[0], seconds[1] + 1, size=signals.NUM_VIDEOS)]
     labels = _labels(rng, lengths, num_subjects)
     bad = [sorted(int(c) for c in rng.choice(_BAD_CHANNEL_POOL, int(rng.integers(2, 5)), False))
            for _ in subjects]
-    eeg_base, fnirs_base = round(release.BASELINE_S * eeg_rate_hz), round(
-        release.BASELINE_S * fnirs_rate_hz)
+    eeg_base, fnirs_base = round(signals.BASELINE_S * eeg_rate_hz), round(
+        signals.BASELINE_S * fnirs_rate_hz)
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     for i, subject in enumerate(subjects):
         gain = rng.uniform(0.8, 1.2)
-        out = {k: {} for k in release.SIGNAL_FILES}
+        out = {k: {} for k in signals.SIGNAL_FILES}
         for v, (n, lab) in enumerate(zip(lengths, labels[i]), start=1):
             lab01 = (lab - 1.0) / 254.0
-            name = release.video_var(v)
+            name = signals.video_var(v)
             out["EEG_baselines.mat"][name], out["EEG_videos.mat"][name] = _eeg_trial(
                 rng, lab01, eeg_base, round(n * eeg_rate_hz), eeg_rate_hz, gain)
             out["fNIRS_baselines.mat"][name], out["fNIRS_videos.mat"][name] = _fnirs_trial(
@@ -174,7 +174,7 @@ def write_demo_release(root, *, seed: int = 0, num_subjects: int = 24,
         for fname, arrays in out.items():
             _savemat(folder / fname, arrays)
         _savemat(root / "annotations" / f"{subject}_label.mat",
-                 {release.video_var(v): lab for v, lab in enumerate(labels[i], start=1)})
+                 {signals.video_var(v): lab for v, lab in enumerate(labels[i], start=1)})
     _side_files(root, rng, subjects, labels, bad)
     params = dict(seed=seed, num_subjects=num_subjects, seconds=list(seconds),
                   eeg_rate_hz=eeg_rate_hz, fnirs_rate_hz=fnirs_rate_hz)

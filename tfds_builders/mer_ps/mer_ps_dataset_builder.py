@@ -17,23 +17,20 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from tfds_builders import common, features
-from tfds_builders.mer_ps import demo, release
+from tfds_builders.mer_ps import demo, release, signals
+from tfds_builders.mer_ps.signals import sample_id
 
 KIT_TRAIN = tuple(f"test_{i}" for i in range(1, 21))        # the starting kit's split
 KIT_VALIDATION = tuple(f"test_{i}" for i in range(21, 25))
 _BYTES = tfds.features.Encoding.BYTES   # raw float32 bytes: no per-float proto overhead
 
 
-def sample_id(subject: str, video: int, second: int) -> str:
-    """The challenge's id, e.g. `test_1_V01_T000` (0-based second)."""
-    return f"{subject}_V{video:02d}_T{second:03d}"
-
-
 def config_name(*, release: str, eeg_rate_hz: int, context_s: int, fnirs_bins: int,
                 fnirs_types: tuple[int, ...], train_subjects: tuple[str, ...],
-                validation_subjects: tuple[str, ...], release_id: str = "") -> str:
-    """`<release>_eeg<rate>_ctx<s>_bins<n>_<types>_<split>[_r<release_id>]`; split is `kit` or
-    a split hash.
+                validation_subjects: tuple[str, ...], fnirs_reservations: bool = False,
+                release_id: str = "") -> str:
+    """`<release>_eeg<rate>_ctx<s>_bins<n>_<types>[_res]_<split>[_r<release_id>]`; split is
+    `kit` or a split hash, `_res` marks masks that also drop fNIRS_reservations.csv's 0s.
 
     Every field that changes the records is in the name, so two configs never share a
     prepared folder; the hash covers the ordered subject lists, and `release_id` (the files'
@@ -45,7 +42,8 @@ def config_name(*, release: str, eeg_rate_hz: int, context_s: int, fnirs_bins: i
     else:
         blob = json.dumps([list(train_subjects), list(validation_subjects)])
         split = "split" + hashlib.sha256(blob.encode()).hexdigest()[:8]
-    name = f"{release}_eeg{eeg_rate_hz}_ctx{context_s}_bins{fnirs_bins}_{types}_{split}"
+    res = "_res" if fnirs_reservations else ""
+    name = f"{release}_eeg{eeg_rate_hz}_ctx{context_s}_bins{fnirs_bins}_{types}{res}_{split}"
     return name + (f"_r{release_id}" if release_id else "")
 
 
@@ -61,7 +59,7 @@ def train_priors(labels: dict, train_subjects: tuple[str, ...]) -> tuple[dict, d
     """
     def table(members):
         return features.label_prior(
-            {v: [labels[s, v] for s in members] for v in release.VIDEOS})
+            {v: [labels[s, v] for s in members] for v in signals.VIDEOS})
 
     everyone = table(train_subjects)
     if len(train_subjects) == 1:
@@ -75,10 +73,10 @@ def train_priors(labels: dict, train_subjects: tuple[str, ...]) -> tuple[dict, d
 
 
 def _type_name(index: int) -> str:
-    if not 0 <= index < len(release.FNIRS_TYPES):
-        raise ValueError(f"fNIRS type index must be in 0..{len(release.FNIRS_TYPES) - 1} "
-                         f"({', '.join(release.FNIRS_TYPES)}), found {index}")
-    return release.FNIRS_TYPES[index]
+    if not 0 <= index < len(signals.FNIRS_TYPES):
+        raise ValueError(f"fNIRS type index must be in 0..{len(signals.FNIRS_TYPES) - 1} "
+                         f"({', '.join(signals.FNIRS_TYPES)}), found {index}")
+    return signals.FNIRS_TYPES[index]
 
 
 # eq=False keeps BuilderConfig's identity equality and hashing (a generated __eq__ would make
@@ -93,6 +91,7 @@ class MerPsConfig(tfds.core.BuilderConfig):
     fnirs_types: tuple[int, ...] = (0, 1, 2)
     train_subjects: tuple[str, ...] = KIT_TRAIN
     validation_subjects: tuple[str, ...] = KIT_VALIDATION
+    fnirs_reservations: bool = False  # also drop the channels fNIRS_reservations.csv marks 0
     release: str = "real"
     release_id: str = ""  # fingerprint of the release files (tfds_builders.common)
 
@@ -118,7 +117,7 @@ class MerPsConfig(tfds.core.BuilderConfig):
                              f"subject-disjoint): {both}")
         derived = config_name(**{f: getattr(self, f) for f in (
             "release", "eeg_rate_hz", "context_s", "fnirs_bins", "fnirs_types",
-            "train_subjects", "validation_subjects", "release_id")})
+            "train_subjects", "validation_subjects", "fnirs_reservations", "release_id")})
         if self.name and self.name != derived:
             raise ValueError(f"config name {self.name!r} does not match its fields ({derived!r});"
                              " leave name empty or use make_config()")
@@ -150,7 +149,8 @@ def builder_config(data, root, *, release: str, release_id: str) -> MerPsConfig:
         eeg_rate_hz=int(data.eeg_rate_hz), context_s=int(data.context_s),
         fnirs_bins=int(data.fnirs_bins), fnirs_types=tuple(int(t) for t in data.fnirs_types),
         train_subjects=subjects(data.train_subjects),
-        validation_subjects=subjects(data.validation_subjects), release=release,
+        validation_subjects=subjects(data.validation_subjects),
+        fnirs_reservations=bool(data.fnirs_reservations), release=release,
         release_id=release_id)
 
 
@@ -169,12 +169,15 @@ def write_demo(root, demo_config):
 class Builder(tfds.core.GeneratorBasedBuilder):
     """MER-PS valence/arousal per second from EEG + fNIRS."""
 
-    VERSION = tfds.core.Version("1.1.0")
+    VERSION = tfds.core.Version("1.2.0")
     RELEASE_NOTES = {
         "1.0.0": "Initial release: one example per label second, EEG/fNIRS context windows, "
                  "per-(video, second) train-label prior.",
         "1.1.0": "Training examples' prior leaves their own subject out; optional side files may "
                  "be missing; metadata records the fNIRS_reservations.csv check.",
+        "1.2.0": "fNIRS channels masked by a rule on the signals (signals.channel_rule), the "
+                 "rule the code submission applies to hidden subjects; fNIRS_reservations.csv "
+                 "adds to it only with fnirs_reservations=True.",
     }
     MANUAL_DOWNLOAD_INSTRUCTIONS = """\
     Request access to the gated Hugging Face dataset MER-PS/MER-PS-trainval
@@ -197,11 +200,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 "subject": tfds.features.Text(),
                 "video": tensor(shape=(), dtype=np.int32),
                 "second": tensor(shape=(), dtype=np.int32),
-                "eeg": tensor(shape=(release.EEG_CHANNELS, c.context_s * c.eeg_rate_hz),
+                "eeg": tensor(shape=(signals.EEG_CHANNELS, c.context_s * c.eeg_rate_hz),
                               dtype=np.float32, encoding=_BYTES),
                 "fnirs": tensor(shape=(c.context_s * c.fnirs_bins, len(c.fnirs_types),
-                                       release.FNIRS_CHANNELS), dtype=np.float32, encoding=_BYTES),
-                "fnirs_mask": tensor(shape=(release.FNIRS_CHANNELS,), dtype=np.bool_),
+                                       signals.FNIRS_CHANNELS), dtype=np.float32, encoding=_BYTES),
+                "fnirs_mask": tensor(shape=(signals.FNIRS_CHANNELS,), dtype=np.bool_),
                 "context_mask": tensor(shape=(c.context_s,), dtype=np.bool_),
                 "label": tensor(shape=(2,), dtype=np.float32),
                 "prior": tensor(shape=(2,), dtype=np.float32),
@@ -216,7 +219,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         inventory = release.check_release(
             str(root), c.train_subjects + c.validation_subjects, expected_kind=c.release)
         subjects = release.load_subjects(inventory, eeg_rate_hz=c.eeg_rate_hz,
-                                         fnirs_bins=c.fnirs_bins, fnirs_types=c.fnirs_types)
+                                         fnirs_bins=c.fnirs_bins, fnirs_types=c.fnirs_types,
+                                         use_reservations=c.fnirs_reservations)
         prior, train_prior = train_priors(inventory.labels, c.train_subjects)
         train_rule = ("train examples: mean over the other training subjects "
                       "(leave-one-subject-out)" if len(c.train_subjects) > 1 else
@@ -230,12 +234,16 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             "eeg_rate_hz": c.eeg_rate_hz,
             "context_s": c.context_s,
             "fnirs_bins": c.fnirs_bins,
-            "fnirs_types": [release.FNIRS_TYPES[t] for t in c.fnirs_types],
+            "fnirs_types": [signals.FNIRS_TYPES[t] for t in c.fnirs_types],
             "train_subjects": list(c.train_subjects),
             "validation_subjects": list(c.validation_subjects),
             "bad_fnirs_channels": {s: np.flatnonzero(~d.fnirs_mask).tolist()
                                    for s, d in subjects.items()},
             "bad_fnirs_channels_indexing": "0-based (column ch-k of fNIRS_reservations.csv is k-1)",
+            "fnirs_channel_rule": {s: d.channel_rule for s, d in subjects.items()},
+            "fnirs_mask_rule": (
+                "signals.channel_rule (non-finite, flat or outlier variance in the types read)"
+                + (" and fNIRS_reservations.csv's 0s" if c.fnirs_reservations else "")),
             "targeted_emotions": (list(inventory.targeted_emotions)
                                   if inventory.targeted_emotions else None),
             "missing_side_files": list(inventory.missing_side_files),

@@ -1,0 +1,232 @@
+"""What a run costs, measured: FLOPs and bytes per train step, memory per device, parameter and
+optimizer bytes, the accelerator's peak FLOP/s and the model FLOPs utilisation (MFU).
+
+`train_step_costs` reads a compiled train step once (train.ModelState keeps the result beside the
+executable); the loop logs it (`describe`), writes it once to metrics.jsonl (`metrics`, keys
+`cost/...`) and divides by it at each log flush (`mfu`). The benchmark reports the same numbers.
+
+FLOPs and bytes accessed are XLA's own counts for the compiled program (`cost_analysis`), not a
+hand-derived model formula: they include the backward pass and the optimizer update, and count
+work every device repeats (a replicated update) once per device. An SPMD program's counts are
+per device; they are summed over the program's devices here, so `flops_per_step` is the step's
+total and MFU divides it by the peak of every device in the program.
+
+XLA's GPU backend leaves the library calls that run the matmuls (cuBLAS, Triton gemm fusions) out
+of its counts: on an H200 (jax 0.11.2) a jitted 8192^3 matmul reported -1 FLOPs and a 3.0 TFLOP
+MLP train step 2 GFLOP (its elementwise work). So `flops_per_step` is the larger of XLA's count
+and the matmul and convolution FLOPs of the traced step (`matmul_flops`, the same on every
+backend; also written, as `matmul_flops_per_step`). Bytes accessed have no such floor: on GPU
+they leave the library calls' traffic out.
+"""
+import functools
+import math
+import re
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from merjax import sharding
+
+# Dense (no structured sparsity) peak FLOP/s per chip: (device_kind pattern, name, bf16, f32).
+# Matched with re.search on jax.devices()[0].device_kind, first match wins; a kind matching none
+# (and every CPU) uses a measured matmul instead (`measured_matmul_flops`).
+# The f32 column is what an f32 matmul runs at under jax's default matmul precision: on NVIDIA
+# GPUs that is TF32 on the tensor cores (an f32 8192^3 matmul ran at 355 TFLOP/s on an H200,
+# 5.3x the 67 TFLOPS FP32 figure), on TPUs one bf16 pass on the MXU. A run that sets
+# jax_default_matmul_precision="highest" gets less than this column (FP32 67 / 19.5 TFLOPS on
+# the GPUs below), so its MFU reads low.
+#   NVIDIA H100 Tensor Core GPU datasheet (nvidia.com/en-us/data-center/h100), H100 SXM column:
+#     BF16 Tensor Core 1,979 and TF32 Tensor Core 989 TFLOPS "with sparsity", so 989.5 and
+#     494.5 dense (FP32 67). The PCIe and NVL cards are slower and not in this table (they fall
+#     back to the measured matmul).
+#   NVIDIA H200 Tensor Core GPU datasheet (nvidia.com/en-us/data-center/h200), H200 SXM column:
+#     the same BF16 1,979 and TF32 989 TFLOPS with sparsity, 989.5 and 494.5 dense (FP32 67).
+#   NVIDIA A100 Tensor Core GPU datasheet (nvidia.com/en-us/data-center/a100), SXM and PCIe alike:
+#     BF16 Tensor Core 312 and TF32 Tensor Core 156 TFLOPS dense (624 / 312 with sparsity;
+#     FP32 19.5).
+#   Google Cloud TPU system architecture pages (cloud.google.com/tpu/docs/v4, v5e, v5p, v6e):
+#     BF16 peak per chip v4 275, v5e 197, v5p 459, v6e 918 TFLOPS; Google publishes no FP32
+#     figure.
+PEAKS = (
+    (r"H100(?!.*(PCIe|NVL))", "NVIDIA H100 SXM", 989.5e12, 494.5e12),
+    (r"H200(?!.*NVL)", "NVIDIA H200 SXM", 989.5e12, 494.5e12),
+    (r"A100", "NVIDIA A100", 312e12, 156e12),
+    (r"^TPU v4$", "TPU v4", 275e12, 275e12),
+    (r"^TPU v5( lite|e)$", "TPU v5e", 197e12, 197e12),
+    (r"^TPU v5p?$", "TPU v5p", 459e12, 459e12),
+    (r"^TPU v6( lite|e)$", "TPU v6e", 918e12, 918e12),
+)
+MEASURED = "measured f32 matmul"
+
+
+def table_peak(device_kind, dtype="float32"):
+    """(peak FLOP/s per chip, name) from PEAKS for `dtype` ("bfloat16" or else f32), or None."""
+    for pattern, name, bf16, f32 in PEAKS:
+        if re.search(pattern, device_kind, re.IGNORECASE):
+            return (bf16, name) if _is_bf16(dtype) else (f32, name)
+    return None
+
+
+@functools.cache
+def measured_matmul_flops(n=2048, repeats=5):
+    """FLOP/s of a jitted f32 [n, n] @ [n, n] on the first device, best of `repeats` timed runs
+    after a warm-up; measured once per process.
+
+    Measured rather than looked up because a CPU's (or an unknown accelerator's) peak depends
+    on its cores, vector width and clocks, and XLA reaches only part of that in practice: the
+    rate of a large matmul here is the ceiling this machine actually offers, so MFU reads as
+    "the share of what a plain big matmul achieves on this host". On CPU every (fake) device
+    shares the same cores, so this one device's rate is the whole host's. On a GPU this size is
+    too small to reach the peak (58 TFLOP/s on an H200, whose f32 matmuls reach 355), so an
+    unknown GPU's MFU reads high: add it to PEAKS.
+    """
+    x = jax.device_put(jnp.ones((n, n), jnp.float32), jax.devices()[0])
+    matmul = jax.jit(jnp.matmul)
+    matmul(x, x).block_until_ready()  # compile and warm up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(x, x).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best
+
+
+def peak_flops(dtype="float32", num_devices=None, device_kind=None):
+    """(peak FLOP/s of the program's devices together, where it comes from).
+
+    Table devices: the spec-sheet peak for `dtype` per chip times `num_devices` (default: every
+    device). CPU and unknown kinds: the measured f32 matmul, per process on CPU (its devices
+    share the host's cores), else per device.
+    """
+    device_kind = jax.devices()[0].device_kind if device_kind is None else device_kind
+    num_devices = jax.device_count() if num_devices is None else num_devices
+    found = table_peak(device_kind, dtype)
+    if found is not None:
+        per_chip, name = found
+        dtype_name = "bf16" if _is_bf16(dtype) else "f32"
+        return per_chip * num_devices, f"{name} {dtype_name} spec x {num_devices}"
+    copies = jax.process_count() if jax.devices()[0].platform == "cpu" else num_devices
+    return measured_matmul_flops() * copies, MEASURED + (f" x {copies}" if copies > 1 else "")
+
+
+def matmul_flops(jaxpr):
+    """FLOPs of the dot_general and conv_general_dilated ops of a (closed) jaxpr, the whole
+    program's (not one device's), nested jaxprs included: a scan's body times its length, the
+    costliest branch of a cond, a while loop's body once (its trip count is not known)."""
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)  # a ClosedJaxpr's Jaxpr
+    total = 0
+    for eqn in jaxpr.eqns:
+        name, params = eqn.primitive.name, eqn.params
+        if name == "dot_general":
+            (contracting, _), _ = params["dimension_numbers"]
+            lhs, out = eqn.invars[0].aval, eqn.outvars[0].aval
+            total += 2 * math.prod(out.shape) * math.prod(lhs.shape[d] for d in contracting)
+        elif name == "conv_general_dilated":
+            rhs, out = eqn.invars[1].aval, eqn.outvars[0].aval
+            rhs_spec = params["dimension_numbers"].rhs_spec  # (out feature, in feature, spatial)
+            total += 2 * math.prod(out.shape) * math.prod(rhs.shape[d] for d in rhs_spec[1:])
+        elif name == "cond":
+            total += max(matmul_flops(branch) for branch in params["branches"])
+        else:
+            inner = sum(matmul_flops(v) for v in params.values() if _is_jaxpr(v))
+            total += inner * (params["length"] if name == "scan" else 1)
+    return total
+
+
+def _is_jaxpr(value):
+    return hasattr(getattr(value, "jaxpr", value), "eqns")
+
+
+def compiled_costs(compiled, num_devices=1, jaxpr=None):
+    """FLOPs and bytes accessed per call of a compiled program, summed over its `num_devices`
+    (XLA counts one device's share of an SPMD program), and its peak memory per device. With
+    the program's `jaxpr`, FLOPs are at least its matmuls' (`matmul_flops`).
+
+    `cost_analysis()` is a dict in jax 0.10 (a list of dicts, one per computation, in older
+    releases: those are summed); a count the backend does not give (or gives as negative, XLA's
+    "unknown") is None.
+    """
+    try:
+        analysis = compiled.cost_analysis()
+    except (NotImplementedError, RuntimeError):  # a backend without one (XlaRuntimeError)
+        analysis = None
+    parts = analysis if isinstance(analysis, (list, tuple)) else [analysis]
+    parts = [p for p in parts if p]
+
+    def total(key):
+        values = [float(p[key]) for p in parts if key in p]
+        return sum(values) * num_devices if values and min(values) >= 0 else None
+
+    matmuls = None if jaxpr is None else float(matmul_flops(jaxpr))
+    flops = max((f for f in (total("flops"), matmuls) if f is not None), default=None)
+    memory = sharding.memory_summary(compiled)
+    return dict(flops_per_step=flops, matmul_flops_per_step=matmuls,
+                bytes_accessed_per_step=total("bytes accessed"),
+                peak_memory_bytes_per_device=None if memory is None else memory["peak"])
+
+
+def state_bytes(state):
+    """(parameter bytes, optimizer-state bytes) of a (model, optimizer) nnx.State, abstract or
+    not: the model's nnx.Param leaves, and every leaf of the optimizer (moments, step counts).
+    Whole arrays, however they are sharded."""
+    params = optimizer = 0
+    for path, var in nnx.to_flat_state(state):
+        value = var.get_value() if hasattr(var, "get_value") else var
+        size = int(np.prod(value.shape)) * np.dtype(value.dtype).itemsize
+        if path[0] == 0 and isinstance(var, nnx.Param):
+            params += size
+        elif path[0] == 1:
+            optimizer += size
+    return params, optimizer
+
+
+def train_step_costs(compiled, jaxpr, state, num_devices, dtype="float32"):
+    """Everything `metrics` writes for a compiled train step (traced as `jaxpr`) over `state`
+    (model, optimizer) on `num_devices` devices, with `peak_source` saying where the peak comes
+    from."""
+    params, optimizer = state_bytes(state)
+    peak, source = peak_flops(dtype, num_devices)
+    return dict(compiled_costs(compiled, num_devices, jaxpr), param_bytes=params,
+                optimizer_bytes=optimizer, peak_flops_per_s=peak, peak_source=source)
+
+
+def mfu(flops_per_step, steps_per_s, peak_flops_per_s):
+    """Model FLOPs utilisation: FLOPs/step x steps/s / peak FLOP/s (None if a term is unknown)."""
+    if not flops_per_step or not peak_flops_per_s or steps_per_s is None:
+        return None
+    return flops_per_step * steps_per_s / peak_flops_per_s
+
+
+def metrics(cost):
+    """The `cost/<name>` scalars of a `train_step_costs` dict (unknown ones left out)."""
+    return {f"cost/{k}": float(v) for k, v in cost.items()
+            if v is not None and not isinstance(v, str)}
+
+
+def describe(cost):
+    """One line: "0.64 GFLOP/step, 2.1 GB accessed, peak 17 MB/device, params 0.85 MB,
+    optimizer 1.7 MB; peak 115 GFLOP/s (measured f32 matmul)"."""
+    def amount(key, unit):
+        value = cost.get(key)
+        return "n/a " + unit if value is None else si(value, unit)
+
+    return (f"{amount('flops_per_step', 'FLOP')}/step, "
+            f"{amount('bytes_accessed_per_step', 'B')} accessed, "
+            f"peak {amount('peak_memory_bytes_per_device', 'B')}/device, "
+            f"params {amount('param_bytes', 'B')}, optimizer {amount('optimizer_bytes', 'B')}; "
+            f"peak {amount('peak_flops_per_s', 'FLOP/s')} ({cost.get('peak_source', '?')})")
+
+
+def si(value, unit):
+    """2.1e9, "B" -> "2.1 GB": decimal prefixes, three significant digits."""
+    scale, prefix = next(((s, p) for s, p in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"),
+                                              (1e3, "k")) if abs(value) >= s), (1, ""))
+    text = f"{value / scale:.3g}"
+    return f"{value / scale:.0f} {prefix}{unit}" if "e" in text else f"{text} {prefix}{unit}"
+
+
+def _is_bf16(dtype):
+    return jnp.dtype(dtype) == jnp.bfloat16
