@@ -517,8 +517,9 @@ def test_reservation_check_rules(junk, mark_junk, suspect):
         assert 0.7 < bad["median_hbo_variance"] < 1.3  # NaNs skipped, not propagated
 
 
-@pytest.mark.parametrize("junk,reason", [("noisy", "outlier"), ("flat", "flat"),
-                                         ("nan", "nonfinite"), ("unused_type_nan", None)])
+@pytest.mark.parametrize("junk,reason", [("noisy", "outlier"), ("overflowing", "outlier"),
+                                         ("flat", "flat"), ("nan", "nonfinite"),
+                                         ("unused_type_nan", None)])
 def test_channel_rule(junk, reason):
     """The fNIRS channels the model reads come from the signals alone (hidden subjects have no
     fNIRS_reservations.csv): junk of each kind in channels 46-50 drops exactly them; junk in a
@@ -527,7 +528,8 @@ def test_channel_rule(junk, reason):
     odd = np.arange(200) % 2 == 1
     fill = {"noisy": lambda v: rng.normal(0.0, 30.0, (6, 5, 200)),   # 900x the variance
             "flat": lambda v: np.full((6, 5, 200), 7.0 * v),
-            "nan": lambda v: np.where(odd, np.nan, rng.normal(0.0, 1.0, (6, 5, 200)))}
+            "nan": lambda v: np.where(odd, np.nan, rng.normal(0.0, 1.0, (6, 5, 200))),
+            "overflowing": lambda v: np.where(odd, 1e200, -1e200)}  # its variance is inf
     fill["unused_type_nan"] = lambda v: np.concatenate(
         [rng.normal(0.0, 1.0, (5, 5, 200)), np.full((1, 5, 200), np.nan)])
     videos, baselines = _fnirs_trials(rng, fill[junk])

@@ -54,7 +54,8 @@ class Inventory:
     labels: dict[tuple[str, int], np.ndarray]   # (subject, video) -> [T, 2] float32, raw scale
     eeg_rate_hz: float                          # EEG samples per label second (derived)
     fnirs_rate_hz: float                        # fNIRS samples per label second (derived)
-    fnirs_masks: dict[str, np.ndarray]          # subject -> [51] bool, True = channel kept
+    fnirs_masks: dict[str, np.ndarray]          # subject -> [51] bool, fNIRS_reservations.csv's
+                                                # marks (True = 1 = keep)
     targeted_emotions: tuple[int, ...] | None
     missing_side_files: tuple[str, ...] = ()    # optional side files not in the release
 

@@ -266,6 +266,8 @@ def channel_rule(videos: dict[str, np.ndarray], baselines: dict[str, np.ndarray]
             outlier |= usable & (variance[k] > OUTLIER_FACTOR * level)
         else:                               # no usable scale: only exactly constant is flat
             flat |= usable & (variance[k] == 0)
+    # Finite values whose variance overflows (junk of ~1e155 and up) are outliers too.
+    outlier |= np.isinf(stacked).any(axis=(0, 1)) & ~nonfinite
     reasons = {"nonfinite": nonfinite, "flat": flat & ~nonfinite,
                "outlier": outlier & ~flat & ~nonfinite}
     kept = ~(nonfinite | flat | outlier)
