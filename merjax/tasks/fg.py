@@ -34,9 +34,6 @@ ID_FIELD = "name"
 SELECT = ("ew_f1", "max")
 EVAL_FIELDS = ("labels", "gold", "row")
 SUBMISSION_FILE = "answer.csv"
-# Each clip's top word and every word >= threshold (merjax/submission.py: merjax.predict
-# decodes an export's candidates with it too).
-decode = submission.fg_decode
 THRESHOLDS = tuple(np.round(np.arange(0.05, 0.951, 0.05), 2))
 
 
@@ -150,7 +147,7 @@ def _best_threshold(probs, gold, word_bits, categories):
     """(EW scores, threshold) of the threshold in THRESHOLDS with the highest EW-F1."""
     best = None
     for t in THRESHOLDS:
-        scores = ew(decode(probs, t), gold, word_bits, categories)
+        scores = ew(submission.fg_decode(probs, t), gold, word_bits, categories)
         if best is None or scores["ew_f1"] > best[0]["ew_f1"]:
             best = (scores, float(t))
     return best
@@ -160,7 +157,7 @@ def eval_metrics(outputs, kept, data, prefix="val/"):
     _, categories, word_bits = _data_tables(data)
     gold = np.asarray(kept["gold"], bool)
     scores, threshold = _best_threshold(outputs, gold, word_bits, categories)
-    chosen = decode(outputs, threshold)
+    chosen = submission.fg_decode(outputs, threshold)
     counts = chosen.sum(0)
     out = {f"{prefix}ew_f1": scores["ew_f1"], f"{prefix}ew_p": scores["ew_p"],
            f"{prefix}ew_r": scores["ew_r"], f"{prefix}threshold": threshold,

@@ -212,20 +212,15 @@ def predict(model, batch):
     return jax.nn.sigmoid(model(batch, train=False))
 
 
-# P(a1 preferred) -> the metric's codes: a1 (0) where P >= 0.5, else a2 (1); never a tie
-# (merjax/submission.py: merjax.predict answers an export's candidates with it too).
-decide = submission.prefer_codes
-
-
 def eval_metrics(outputs, kept, data, prefix="val/"):
     del data
     gold = np.asarray(kept["preference"])
     lengths = np.asarray(kept["lengths"])
     out = {}
-    answers = {"": decide(outputs), "a1_": np.full(len(gold), A1),
+    answers = {"": submission.prefer_codes(outputs), "a1_": np.full(len(gold), A1),
                "longer_": np.where(lengths[:, 1] > lengths[:, 0], A2, A1)}
     if "reference" in kept:
-        answers["ref_"] = decide(kept["reference"])
+        answers["ref_"] = submission.prefer_codes(kept["reference"])
     for name, pred in answers.items():
         scores = metrics.preference_scores(gold, pred)
         out[f"{prefix}{name}waf"] = scores["waf"]

@@ -382,9 +382,8 @@ def hidden_inventory(input_dir) -> tuple[list, dict, dict, float, float]:
             if not path.is_file():
                 raise ReleaseError(f"{path}: missing; {ids_path} names subject '{subject}'")
         shapes = {k: mat_shapes(p) for k, p in files[subject].items()}
-        for (s, video), n in seconds.items():
-            if s != subject:
-                continue
+        for video in sorted(v for s, v in seconds if s == subject):
+            n = seconds[subject, video]
             for key, path in files[subject].items():
                 if video_var(video) not in shapes[key]:
                     raise ReleaseError(f"{path}: variable '{video_var(video)}' missing; "
@@ -401,6 +400,9 @@ def hidden_trials(input_dir, *, eeg_rate_hz: int, context_s: int, fnirs_bins: in
     of `sample_ids.csv` (in file order within the trial), preprocessed as the builder
     preprocesses a release. One subject's signals and one trial's windows are in memory."""
     rows, files, seconds, eeg_rate, _ = hidden_inventory(input_dir)
+    by_trial = {}  # (subject, video) -> [(id, second)] in file order
+    for sample, subject, video, second in rows:
+        by_trial.setdefault((subject, video), []).append((sample, second))
     for subject in sorted(files):
         videos = sorted(v for s, v in seconds if s == subject)
         names = tuple(video_var(v) for v in videos)
@@ -415,7 +417,7 @@ def hidden_trials(input_dir, *, eeg_rate_hz: int, context_s: int, fnirs_bins: in
                 files[subject], video, arrays, mask=mask, seconds=seconds[subject, video],
                 source_eeg_rate=eeg_rate, eeg_rate_hz=eeg_rate_hz, fnirs_bins=fnirs_bins,
                 fnirs_types=fnirs_types)
-            mine = [(i, t) for i, s, v, t in rows if s == subject and v == video]
+            mine = by_trial[subject, video]
             windows = [example_inputs(eeg, fnirs, mask, t, context_s=context_s,
                                       eeg_rate_hz=eeg_rate_hz) for _, t in mine]
             yield ([i for i, _ in mine], {k: np.stack([w[k] for w in windows]) for k in windows[0]},
