@@ -2,6 +2,8 @@
 MER2026 release (`config.data`), the fusion model, and their CI-sized (`runlocal`) settings."""
 import ml_collections
 
+from configs import common
+
 
 def data(input_kind, text_language):
     return ml_collections.ConfigDict(dict(
@@ -46,6 +48,7 @@ def model():
         bottlenecks=4, modality_dropout=0.1,
         # A linear path from the pooled, standardised inputs to the outputs (models/fusion.py).
         wide=True,
+        **common.model_switches(),
     ))
 
 

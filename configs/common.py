@@ -1,10 +1,20 @@
-"""Pieces every track's config shares: run keys, mesh, sharding rules, optimiser, arg parsing.
+"""Pieces every track's config shares: run keys, mesh, sharding rules, optimiser, arg parsing,
+model sizes.
 
 Configs hold plain data only (numbers, strings, tuples); code chooses models and tasks by name.
 The run keys users reach for are named the same in every track: `seed`, `total_steps`,
 `log_every`, `eval_every`, `checkpoint_every`, `data.manual_dir`, `mesh.data|fsdp|model`.
 """
 import ml_collections
+
+# `:size=` variants of every track's transformer (`S` is the config's own model: the defaults,
+# or runlocal's tiny one). XL passes 100M parameters in MER-PS's physio encoder and in the clip
+# tracks' fusion transformer (tests/test_switches.py counts them).
+SIZES = {
+    "M": dict(width=256, depth=4, heads=8, mlp_dim=1024),
+    "L": dict(width=512, depth=8, heads=8, mlp_dim=2048),
+    "XL": dict(width=1024, depth=10, heads=16, mlp_dim=4096),
+}
 
 
 def parse_arg(arg, **defaults):
@@ -37,6 +47,30 @@ def check_sizes(arg):
         raise ValueError("Config variants 'runlocal' and 'real' contradict each other; pick one")
 
 
+def apply_size(c, size):
+    """Sets the transformer's dims for `size` and records it (`c.model.size`). Applied after
+    runlocal / real, so `:runlocal,size=M` keeps runlocal's data and schedule with an M model."""
+    if size != "S" and size not in SIZES:
+        raise ValueError(f"Unknown model size {size!r} in config variant 'size'; known: "
+                         f"{', '.join(('S',) + tuple(SIZES))}")
+    c.model.size = size
+    if size != "S":
+        c.model.update(SIZES[size])
+    return c
+
+
+def model_switches():
+    """The model keys every track shares: its size, precision and memory switches
+    (models/layers.py)."""
+    return dict(
+        size="S",  # set by the `:size=` variant (apply_size)
+        # "bfloat16": compute in bf16; parameters and optimizer state stay float32.
+        dtype="float32",
+        remat=False,  # recompute each transformer block's activations in the backward pass
+        scan_layers=False,  # stack the blocks and apply them with a scan (one block compiled)
+    )
+
+
 def base_config():
     """Keys shared by every track; each track's get_config fills in task, data and model."""
     c = ml_collections.ConfigDict()
@@ -65,9 +99,12 @@ def base_config():
         ("features", None),
         ("tokens", None),
         ("outputs", None),
+        ("layers", None),  # the stacked blocks of model.scan_layers
     )
 
     c.optim = ml_collections.ConfigDict(dict(
+        # "adamw" (decoupled weight decay) or "adam" (PyTorch's Adam: weight_decay is an L2
+        # term added to the gradient before the moments, as MERTools trains its baselines).
         name="adamw",
         lr=1e-3,
         weight_decay=1e-4,
@@ -77,6 +114,9 @@ def base_config():
         schedule="cosine",  # or "constant"
         end_lr_fraction=0.05,
         grad_clip_norm=1.0,  # <= 0 disables clipping
+        # Gradients averaged over this many micro-batches of batch_size / accum_steps examples
+        # in one step (one update): activations of a micro-batch only.
+        accum_steps=1,
     ))
     # The linear reference read-out fitted beside every model (merjax/reference.py): the L2
     # penalties it chooses from on the selection split, and L-BFGS iterations (logistic).

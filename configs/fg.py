@@ -15,7 +15,7 @@ from configs import clips, common
 
 
 def get_config(arg=None):
-    arg = common.parse_arg(arg, runlocal=False, real=False, input_kind="features")
+    arg = common.parse_arg(arg, runlocal=False, real=False, input_kind="features", size="S")
     common.check_sizes(arg)
     c = common.base_config()
     c.task = "fg"
@@ -51,4 +51,4 @@ def get_config(arg=None):
     if arg.runlocal:
         clips.runlocal(c)
         c.data.num_folds = 2
-    return c
+    return common.apply_size(c, arg.size)

@@ -17,7 +17,7 @@ from configs import clips, common
 
 
 def get_config(arg=None):
-    arg = common.parse_arg(arg, runlocal=False, real=False, input_kind="features")
+    arg = common.parse_arg(arg, runlocal=False, real=False, input_kind="features", size="S")
     common.check_sizes(arg)
     c = common.base_config()
     c.task = "prefer"
@@ -76,4 +76,8 @@ def get_config(arg=None):
         c.data.max_description_bytes = 256  # the demo's are under 200
         c.model.text.update(width=32, depth=1, heads=2, mlp_dim=64)
         c.model.joint_dim = 16
+    common.apply_size(c, arg.size)
+    if arg.size != "S":  # the description encoder grows with the clip encoder, half as deep
+        dims = common.SIZES[arg.size]
+        c.model.text.update(dims, depth=max(1, dims["depth"] // 2))
     return c

@@ -2,6 +2,7 @@
 
   python -m merjax.main --config=configs/ps.py --workdir=runs/ps
   python -m merjax.main --config=configs/ps.py:runlocal --workdir=/tmp/ps   # seconds, CI-sized
+  python -m merjax.main --config=configs/ps.py:runlocal,size=M --workdir=/tmp/ps_m  # an M model
   python -m merjax.main --config=configs/ps.py:real --workdir=runs/ps_real \
       --config.data.manual_dir=/path/to/MER_PS_codabench_public_trainval
 
@@ -15,7 +16,7 @@ from configs import common
 
 
 def get_config(arg=None):
-    arg = common.parse_arg(arg, runlocal=False, real=False)
+    arg = common.parse_arg(arg, runlocal=False, real=False, size="S")
     common.check_sizes(arg)
     c = common.base_config()
     c.task = "ps"
@@ -63,6 +64,7 @@ def get_config(arg=None):
         # tried (600 steps, 20/4 subjects: demo 15.7 vs 11.6 without; independent HbO/theta
         # release 17.8 vs 11.0; gamma/HbR at 1 kHz 13.8 vs 9.4; prior alone 19.5 / 25.0 / 24.7).
         use_prior=False,
+        **common.model_switches(),
     ))
     # "l1" serves the official MAE directly; "huber" is smoother near zero.
     c.loss = "l1"
@@ -111,4 +113,4 @@ def get_config(arg=None):
         c.eval_every = 10
         c.checkpoint_every = 10
         c.optim.warmup_steps = 2
-    return c
+    return common.apply_size(c, arg.size)

@@ -5,11 +5,20 @@ parameter count, train steps/s and samples/s at the config's global batch and in
 fixed batch, so only the compiled step is timed), the compiled step's costs as the train loop
 writes them (merjax/costs.py: flops_per_step, matmul_flops_per_step, bytes_accessed_per_step,
 peak_memory_bytes_per_device, param_bytes, optimizer_bytes, peak_flops_per_s and peak_source)
-with the MFU they give, and the input pipeline's samples/s on its own. With --synthetic no
+with the MFU they give, and the input pipeline's samples/s on its own and as a multiple of what
+training consumes (`pipeline_over_train`). Steps are timed once their rate has settled
+(`settle_s`: a fresh process runs its first seconds of steps slower). With --synthetic no
 dataset is built: random inputs of the dataset's feature shapes are used (variable-length dims
 take --length), e.g. the MER-Cross baseline shapes with `--config=configs/cross.py:bench
 --synthetic`. Shapes and device are printed with the numbers so other stacks can be compared on
 the same work. Nothing here asserts a speed.
+
+With --profile=<dir>, --profile_steps more steps run under jax.profiler after the timed ones:
+the trace goes to <dir>/plugins/profile/<run>/ (`tensorboard --logdir <dir>`, Profile tab, with
+the profile plugin installed; or its perfetto_trace.json.gz at ui.perfetto.dev), the costliest
+ops per step are printed as a table on stderr, and the JSON line gets `profile` (the first
+--profile_top ops as {op, ms_per_step, share}, merjax/profiling.py) and `profile_dir` (the run
+folder), e.g. `python -m merjax.bench ... --profile=/tmp/prof | jq '.profile[:5]'`.
 """
 import contextlib
 import json
@@ -20,7 +29,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from merjax import cli, costs, sharding, tasks, train
+from merjax import cli, costs, profiling, sharding, tasks, train
 from merjax import main as train_command  # the same --config flag as training
 from merjax.data import pipeline, prepare
 
@@ -28,6 +37,10 @@ _STEPS = flags.DEFINE_integer("steps", 50, "Timed train steps (after one warm-up
 _PIPELINE_BATCHES = flags.DEFINE_integer("pipeline_batches", 50, "Timed input-pipeline batches.")
 _SYNTHETIC = flags.DEFINE_bool("synthetic", False, "Random inputs of the dataset's shapes.")
 _LENGTH = flags.DEFINE_integer("length", 32, "Length of variable-length dims with --synthetic.")
+_PROFILE = flags.DEFINE_string("profile", "", "Folder for a jax.profiler trace of "
+                               "--profile_steps steps and their per-op breakdown ('': none).")
+_PROFILE_STEPS = flags.DEFINE_integer("profile_steps", 5, "Train steps traced with --profile.")
+_PROFILE_TOP = flags.DEFINE_integer("profile_top", 20, "Ops listed in the JSON's `profile`.")
 
 
 def synthetic_examples(features, n, length, seed=0):
@@ -84,25 +97,73 @@ def main(argv):
     start = time.perf_counter()
     compiled = model_state.compiled_train_step(state, batch)
     compile_s = time.perf_counter() - start
-    state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics)
+    del it  # its prefetch threads would compete with the timed steps for the cores
     start = time.perf_counter()
-    for _ in range(_STEPS.value):
-        state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics)
-    step_s = (time.perf_counter() - start) / _STEPS.value
+    state = settle(compiled, state, batch)
+    settle_s = time.perf_counter() - start
+    state, step_s = timed_steps(compiled, state, batch, _STEPS.value)
+    profile = {}
+    if _PROFILE.value:
+        profile = profiled_steps(compiled, state, batch)
 
+    cost = {k: v for k, v in compiled.cost.items() if not k.startswith("mesh_")}  # as `mesh`
+    pipeline_rate = _PIPELINE_BATCHES.value * config.batch_size / pipeline_s
     report = dict(
         task=config.task, device=jax.devices()[0].device_kind, devices=jax.device_count(),
-        mesh=dict(mesh.shape), params=model_state.num_params, global_batch=config.batch_size,
+        mesh=dict(mesh.shape), global_batch=config.batch_size,
         input_shapes={k: list(v.shape[1:]) for k, v in local.items()},
-        compile_s=round(compile_s, 2), train_steps_per_s=round(1 / step_s, 2),
+        compile_s=round(compile_s, 2), settle_s=round(settle_s, 2),
+        train_steps_per_s=round(1 / step_s, 2),
         train_samples_per_s=round(config.batch_size / step_s, 1),
-        pipeline_samples_per_s=round(_PIPELINE_BATCHES.value * config.batch_size / pipeline_s, 1),
-        data=data.release, **compiled.cost,
-        mfu=costs.mfu(compiled.cost["flops_per_step"], 1 / step_s,
-                      compiled.cost["peak_flops_per_s"]))
+        pipeline_samples_per_s=round(pipeline_rate, 1),
+        # The input pipeline's headroom: how many times what training consumes it delivers.
+        pipeline_over_train=round(pipeline_rate * step_s / config.batch_size, 2),
+        data=data.release, **cost,
+        mfu=costs.mfu(cost["flops_per_step"], 1 / step_s, cost["peak_flops_per_s"]), **profile)
     print(json.dumps(report))
+
+
+def timed_steps(compiled, state, batch, steps):
+    """(state, seconds per step) over `steps` steps, waiting for the last one."""
+    start = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    return state, (time.perf_counter() - start) / steps
+
+
+def settle(compiled, state, batch, chunk_s=0.5, agree=0.1, max_s=15.0):
+    """Steps until two chunks of about `chunk_s` seconds run within `agree` of each other's rate
+    (at most `max_s`); returns the state. Why: in a fresh process the first steps after compiling
+    ran 5-10x slower for a few seconds (the set-up's background threads still hold the cores;
+    measured on the MERTools baseline: 19-51 steps/s for ~150 steps, then 370-450), so a fixed
+    warm-up timed the start-up instead of the step."""
+    state, first = timed_steps(compiled, state, batch, 1)
+    steps = max(1, int(chunk_s / max(first, 1e-6)))
+    start, previous = time.perf_counter(), None
+    while time.perf_counter() - start < max_s:
+        state, seconds = timed_steps(compiled, state, batch, steps)
+        if previous is not None and abs(seconds - previous) <= agree * previous:
+            break
+        previous = seconds
+    return state
+
+
+def profiled_steps(compiled, state, batch):
+    """--profile: traces --profile_steps more steps, logs the per-op table and returns the
+    report's `profile` (top ops) and `profile_dir` (the trace's run folder)."""
+    holder = {"state": state}
+
+    def step():
+        holder["state"], metrics = compiled(holder["state"], batch)
+        return metrics
+
+    run_dir = profiling.trace(_PROFILE.value, _PROFILE_STEPS.value, step)
+    ops = profiling.op_times(run_dir, _PROFILE_STEPS.value)
+    # stderr, not the log: the table is for reading, and stdout carries the JSON line alone.
+    print(f"per-op time of {_PROFILE_STEPS.value} traced steps ({run_dir}):\n"
+          f"{profiling.table(ops)}", file=sys.stderr, flush=True)
+    return dict(profile=ops[:_PROFILE_TOP.value], profile_dir=run_dir)
 
 
 if __name__ == "__main__":

@@ -15,10 +15,14 @@ class Checkpointer:
 
     def __init__(self, workdir, *, keep=2, async_save=True, subdir="checkpoints"):
         self.directory = os.path.abspath(os.path.join(workdir, subdir))
+        # Several processes meet at barriers named by step; two managers saving the same step
+        # at once (the latest and the best checkpoint) need names of their own.
+        processes = ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=subdir)
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, enable_async_checkpointing=async_save, create=True))
+                max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
+                multiprocessing_options=processes))
 
     def latest_step(self):
         return self._manager.latest_step()

@@ -3,7 +3,9 @@ optimizer bytes, the accelerator's peak FLOP/s and the model FLOPs utilisation (
 
 `train_step_costs` reads a compiled train step once (train.ModelState keeps the result beside the
 executable); the loop logs it (`describe`), writes it once to metrics.jsonl (`metrics`, keys
-`cost/...`) and divides by it at each log flush (`mfu`). The benchmark reports the same numbers.
+`cost/...`) and divides by it at each log flush (`mfu`). The benchmark reports the same numbers,
+and a sweep's scale table (launch/scale.py) reads them back, with the parameter count and the
+mesh the step was compiled for, which the same dict carries.
 
 FLOPs and bytes accessed are XLA's own counts for the compiled program (`cost_analysis`), not a
 hand-derived model formula: they include the backward pass and the optimizer update, and count
@@ -168,29 +170,43 @@ def compiled_costs(compiled, num_devices=1, jaxpr=None):
                 peak_memory_bytes_per_device=None if memory is None else memory["peak"])
 
 
-def state_bytes(state):
-    """(parameter bytes, optimizer-state bytes) of a (model, optimizer) nnx.State, abstract or
-    not: the model's nnx.Param leaves, and every leaf of the optimizer (moments, step counts).
-    Whole arrays, however they are sharded."""
-    params = optimizer = 0
+def state_sizes(state):
+    """(parameter count, parameter bytes, optimizer-state bytes) of a (model, optimizer)
+    nnx.State, abstract or not: the model's nnx.Param leaves, and every leaf of the optimizer
+    (moments, step counts). Whole arrays, however they are sharded."""
+    count = params = optimizer = 0
     for path, var in nnx.to_flat_state(state):
         value = var.get_value() if hasattr(var, "get_value") else var
-        size = int(np.prod(value.shape)) * np.dtype(value.dtype).itemsize
+        size = int(np.prod(value.shape))
         if path[0] == 0 and isinstance(var, nnx.Param):
-            params += size
+            count += size
+            params += size * np.dtype(value.dtype).itemsize
         elif path[0] == 1:
-            optimizer += size
-    return params, optimizer
+            optimizer += size * np.dtype(value.dtype).itemsize
+    return count, params, optimizer
+
+
+def mesh_shape(compiled):
+    """{axis: size} of the mesh a compiled SPMD program's inputs are laid out on ({} when none
+    of them carries a NamedSharding, e.g. a single-device program)."""
+    for s in jax.tree.leaves(getattr(compiled, "input_shardings", ())):
+        mesh = getattr(s, "mesh", None)
+        if mesh is not None and hasattr(mesh, "shape"):
+            return {str(k): int(v) for k, v in dict(mesh.shape).items()}
+    return {}
 
 
 def train_step_costs(compiled, jaxpr, state, num_devices, dtype="float32"):
     """Everything `metrics` writes for a compiled train step (traced as `jaxpr`) over `state`
     (model, optimizer) on `num_devices` devices, with `peak_source` saying where the peak comes
-    from."""
-    params, optimizer = state_bytes(state)
+    from. `params` (the parameter count) and `mesh_<axis>` (the mesh the step was compiled for)
+    are written beside the costs so a sweep's table (launch/scale.py) finds a point's size and
+    layout in its metrics.jsonl alone."""
+    count, params, optimizer = state_sizes(state)
     peak, source = peak_flops(dtype, num_devices)
-    return dict(compiled_costs(compiled, num_devices, jaxpr), param_bytes=params,
-                optimizer_bytes=optimizer, peak_flops_per_s=peak, peak_source=source)
+    mesh = {f"mesh_{axis}": size for axis, size in mesh_shape(compiled).items()}
+    return dict(compiled_costs(compiled, num_devices, jaxpr), params=count, param_bytes=params,
+                optimizer_bytes=optimizer, peak_flops_per_s=peak, peak_source=source, **mesh)
 
 
 def mfu(flops_per_step, steps_per_s, peak_flops_per_s):

@@ -23,7 +23,8 @@ PLATFORMS = ("cpu", "cuda")
 
 
 def export(directory, *, task, graphdef, state, example, input_names, meta):
-    """Writes the three artifacts for `state` (model + optimizer) into `directory`.
+    """Writes the three artifacts for `state` (model + optimizer) into `directory`. Every
+    process calls it; with several, the state is gathered and process 0 writes.
 
     `example` is one transformed example; its `input_names` fields, with a leading symbolic
     batch dim, become the exported signature.
@@ -34,8 +35,13 @@ def export(directory, *, task, graphdef, state, example, input_names, meta):
     os.makedirs(directory, exist_ok=True)
     model, _ = nnx.merge(graphdef, state)
     model_graphdef, model_state = nnx.split(model)
-    pure = jax.tree.map(np.asarray, jax.device_get(nnx.to_pure_dict(model_state)))
+    pure = _to_host(nnx.to_pure_dict(model_state))
     params = _string_keys(pure)  # nnx.List gives int keys; serialized pytrees need strings
+    # Every process takes part in orbax's save (it writes host arrays from process 0 only);
+    # the other files are process 0's.
+    checkpoint.save_params(os.path.join(directory, "params"), params)
+    if jax.process_index() != 0:
+        return directory
 
     def predict(params, inputs):
         # A fresh copy of the template per trace; its leaves are replaced by the arguments.
@@ -50,7 +56,6 @@ def export(directory, *, task, graphdef, state, example, input_names, meta):
     exported = jax.export.export(jax.jit(predict), platforms=PLATFORMS)(params_spec, inputs)
     with open(os.path.join(directory, "predict.jax"), "wb") as f:
         f.write(exported.serialize())
-    checkpoint.save_params(os.path.join(directory, "params"), params)
     (out,) = exported.out_avals
     signature = dict(
         meta,
@@ -61,6 +66,15 @@ def export(directory, *, task, graphdef, state, example, input_names, meta):
         json.dump(signature, f, indent=1, sort_keys=True)
     logging.info("exported %s step %s to %s", meta.get("task"), meta.get("step"), directory)
     return directory
+
+
+def _to_host(tree):
+    """Numpy copies of a state's arrays. With several processes the arrays are gathered first:
+    a shard that only another process holds cannot be read here otherwise."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        return multihost_utils.process_allgather(tree, tiled=True)
+    return jax.tree.map(np.asarray, jax.device_get(tree))
 
 
 def _string_keys(tree):

@@ -8,6 +8,9 @@ The last line on stdout is the run's headline (e.g. `cross train: cv/waf=0.79 cv
 A mistake in the command, the config's values or the data ends in one line on stderr that says
 what is wrong, where, and how to fix it (merjax/cli.py). SIGINT or SIGTERM during training saves a checkpoint
 at the current step and exits 128 + the signal's number; the same command resumes.
+
+--config.distributed=True starts one of several processes (launch/slurm.sbatch, launch/tpu_vm.sh,
+mpirun): every process runs the same command, and a signal stops them all after the same step.
 """
 import logging as pylogging
 import os
@@ -45,8 +48,7 @@ def execute(config, workdir, mode, config_name=""):
     import tensorflow_datasets as tfds
     from merjax import train
     if config.distributed:
-        # Must precede every other JAX call; auto-detects Slurm, Open MPI and TPU pods.
-        jax.distributed.initialize()
+        initialize_distributed()
     tfds.disable_progress_bar()  # a one-off build's tqdm bars would drown the log
     logging.info("config %s:\n  %s", config_name, "\n  ".join(config_lines(config)))
     workdir = os.path.abspath(workdir)
@@ -54,6 +56,11 @@ def execute(config, workdir, mode, config_name=""):
     try:
         summary = train.run(config, workdir, mode)
     except train.Stopped as e:  # a checkpoint of the current step was saved
+        if jax.process_count() > 1:
+            # None exits before all have finished writing it (a scheduler may end the others
+            # when one exits non-zero, e.g. Slurm's KillOnBadExit).
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices("merjax: stopped")
         cli.exit_with(str(e), 128 + e.signum)
     except BaseException:
         if fresh:
@@ -61,6 +68,24 @@ def execute(config, workdir, mode, config_name=""):
         raise
     if jax.process_index() == 0:
         print(headline(config.task, mode, summary, workdir), flush=True)
+
+
+def initialize_distributed():
+    """jax.distributed.initialize(), which must precede every other JAX call. JAX reads the
+    coordinator, the process count and this process's index from the cluster's environment:
+    Slurm (srun), Open MPI (mpirun), a Cloud TPU VM slice or Kubernetes; JAX_COORDINATOR_ADDRESS
+    or JAX_COORDINATOR_PORT and JAX_LOCAL_DEVICE_IDS override what it finds."""
+    import jax
+    try:
+        jax.distributed.initialize()
+    except ValueError as e:  # jax's message names a missing argument, not the missing cluster
+        raise ValueError(
+            f"config.distributed=True, but jax.distributed.initialize() found no cluster "
+            f"environment it knows (jax: {e}): start every process with srun "
+            f"(launch/slurm.sbatch), mpirun or on a Cloud TPU VM (launch/tpu_vm.sh), or leave "
+            f"config.distributed False for one process") from None
+    logging.info("process %d of %d, %d local of %d devices", jax.process_index(),
+                 jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
 def headline(task, mode, summary, workdir):

@@ -43,6 +43,9 @@ _OUTPUT = flags.DEFINE_string("output", None, "where the submission file(s) go")
 _PACKAGE_PS = flags.DEFINE_string(
     "package_ps", None, "MER-PS: write the code-submission zip here instead of predicting")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "examples per call of the network")
+_FEATURES_ROOT = flags.DEFINE_string(
+    "features_root", None, "the clip tracks with feature inputs: read the feature folders here "
+                           "instead of where the export's config says (features that moved)")
 
 PS_PACKAGE_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 "ps_submission_model.py")
@@ -123,21 +126,22 @@ def package_ps(export_dir, zip_path):
     return zip_path
 
 
-def predict(export_dir, input_path, output_dir, batch_size=256, candidates=None):
+def predict(export_dir, input_path, output_dir, batch_size=256, candidates=None,
+            features_root=None):
     """Writes the track's submission file(s) for `input_path` into `output_dir`."""
     loaded = load_exports(export_dir)
     signature = loaded[0][1]
     task = signature.get("task")
     if task == "ps":
-        if candidates:
-            raise ValueError("--candidates names a clip track's candidate CSV; MER-PS reads "
-                             "its test folder's sample_ids.csv (--input)")
+        if candidates or features_root:
+            raise ValueError("--candidates and --features_root are the clip tracks'; MER-PS "
+                             "reads its test folder's sample_ids.csv and .mat files (--input)")
         (call, signature), = loaded
         return submission.ps_predict(input_path, output_dir, call=call, signature=signature,
                                      batch_size=batch_size)
     if task in CLIP_TASKS:
         return clip_predict(loaded, input_path, output_dir, batch_size=batch_size,
-                            candidates=candidates)
+                            candidates=candidates, features_root=features_root)
     raise ValueError(f"{export_dir}: exports of task {task!r}; merjax.predict serves "
                      f"{['ps', *CLIP_TASKS]}")
 
@@ -148,14 +152,16 @@ def predict(export_dir, input_path, output_dir, batch_size=256, candidates=None)
 CLIP_TASKS = ("cross", "fg", "prefer")
 
 
-def clip_predict(loaded, input_path, output_dir, *, batch_size=256, candidates=None):
+def clip_predict(loaded, input_path, output_dir, *, batch_size=256, candidates=None,
+                 features_root=None):
     """answer.csv + answer.zip in `output_dir` for the candidates of the release at
-    `input_path` (or the CSV `candidates`), from the folds' exports `loaded` (load_exports):
+    `input_path` (or the CSV `candidates`; feature folders under `features_root` when given),
+    from the folds' exports `loaded` (load_exports):
     every fold runs on every batch, their outputs are averaged as training averages them, and
     the answers are decided by the same rules (merjax/submission.py). Returns the CSV's path."""
     signature = loaded[0][1]
     task = signature["task"]
-    reader = ClipReader(signature, input_path, candidates)
+    reader = ClipReader(signature, input_path, candidates, features_root)
     calls = [call for call, _ in loaded]
 
     def fold_mean(inputs):
@@ -204,7 +210,7 @@ class ClipReader:
     `no_input`: the names whose clip misses every input (the builder's `no_input`).
     """
 
-    def __init__(self, signature, input_path, candidates=None):
+    def __init__(self, signature, input_path, candidates=None, features_root=None):
         # Here, not at the top: the MER-PS path must run where tensorflow_datasets is absent.
         from tfds_builders.mer2026 import clips, csvs
         meta = signature["clip_inputs"]
@@ -212,7 +218,13 @@ class ClipReader:
         dataset = meta["dataset"]
         self.builder = importlib.import_module(
             f"tfds_builders.{dataset}.{dataset}_dataset_builder")
-        self.config = self.builder.make_config(**meta["config"])
+        fields = dict(meta["config"])
+        if features_root:
+            if fields.get("input_kind") != "features":
+                raise ValueError(f"--features_root: the export reads {fields.get('input_kind')}"
+                                 f" inputs, not feature folders")
+            fields["features_root"] = str(features_root)
+        self.config = self.builder.make_config(**fields)
         self.mods = {k: (v["kind"], int(v["dim"]), int(v["length"]))
                      for k, v in meta["modalities"].items()}
         self.release = clips.open_release(self.config, Path(input_path))
@@ -292,7 +304,7 @@ def main(argv):
     if not (_INPUT.value and _OUTPUT.value):
         raise ValueError("--input and --output are required (or --package_ps=<zip>)")
     print(predict(_EXPORT_DIR.value, _INPUT.value, _OUTPUT.value, _BATCH_SIZE.value,
-                  _CANDIDATES.value))
+                  _CANDIDATES.value, _FEATURES_ROOT.value))
 
 
 if __name__ == "__main__":

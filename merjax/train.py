@@ -112,6 +112,14 @@ def check_batch_sizes(config, mesh):
                             (jax.process_count(), f"{jax.process_count()} processes")):
             if config[key] % parts:
                 raise ValueError(f"config.{key}={config[key]} must divide by the {what}")
+    # Each micro-batch of gradient accumulation splits over the same shards.
+    accum = config.optim.accum_steps
+    if not isinstance(accum, int) or accum < 1:
+        raise ValueError(f"config.optim.accum_steps must be an integer >= 1; found {accum!r}")
+    if config.batch_size % (accum * shards):
+        raise ValueError(f"config.batch_size={config.batch_size} must divide by "
+                         f"config.optim.accum_steps={accum} x the {shards} batch shards of mesh "
+                         f"{dict(mesh.shape)}: each micro-batch is split over every shard")
 
 
 def run_fold(config, workdir, mode, task, mesh, data, fold, writer):
@@ -304,7 +312,8 @@ def train_fold(config, task, data, fold, model_state, evaluator, ckpt, best, wri
                     best_value = scores[key]
                     best.save(step, state, None, _meta(data, step, scores))
                 log.restart_clock()  # steps/s and MFU count training steps, not evaluation
-            stopping = stop.signum is not None and not last
+            # Several processes stop at the step they agreed on, the last one too.
+            stopping = stop.requested(step) and (not last or stop.together)
             if step % config.checkpoint_every == 0 or last or stopping:
                 log.flush()  # never checkpoint a state whose loss went non-finite
                 ckpt.save(step, state, train_iter, _meta(data, step, scores))
@@ -421,23 +430,45 @@ class StepLog:
 
 
 class StopSignals:
-    """Turns the first SIGINT/SIGTERM into a flag the loop checks after each step (it then
+    """Turns the first SIGINT/SIGTERM into a stop the loop checks after each step (it then
     checkpoints and stops); a second one interrupts at once. Only the main thread can install
-    handlers; elsewhere this does nothing."""
+    handlers; elsewhere this does nothing.
+
+    With several processes (`together`) every one must stop after the same step, since they
+    write each checkpoint together: SIGTERM is left to JAX's preemption service (installed by
+    jax.distributed.initialize), which names a step after the latest one any process reached
+    (multihost_utils.reached_preemption_sync_point, which orbax's saves call too, with the same
+    step numbers), and SIGINT is passed on to it as a SIGTERM. A signal that arrives during a
+    fold's last step may be named step total_steps + 1 of that fold: then no process stops.
+    """
 
     def __init__(self):
         self.signum, self._previous = None, {}
+        self.together = jax.process_count() > 1
 
     def _handle(self, signum, frame):
         del frame
         if self.signum is not None:
             raise KeyboardInterrupt(f"second signal {signum}")
         self.signum = signum
-        logging.warning("signal %d: checkpointing after this step, then stopping", signum)
+        logging.warning("signal %d: checkpointing after %s step, then stopping", signum,
+                        "an agreed" if self.together else "this")
+        if self.together:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def requested(self, step):
+        """Whether to stop after `step` (of this fold); called after every step, by every
+        process."""
+        if not self.together:
+            return self.signum is not None
+        if multihost_utils.reached_preemption_sync_point(step):
+            self.signum = self.signum or signal.SIGTERM
+            return True
+        return False
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
+            for s in (signal.SIGINT,) if self.together else (signal.SIGINT, signal.SIGTERM):
                 self._previous[s] = signal.signal(s, self._handle)
         return self
 
@@ -553,18 +584,56 @@ class ModelState:
         return run
 
     def train_step(self):
-        """The jitted train step (state, batch, dropout key) -> (state, metrics)."""
+        """The jitted train step (state, batch, dropout key) -> (state, metrics).
+
+        With `config.optim.accum_steps` k > 1 the batch is split into k micro-batches whose
+        loss, aux metrics and gradients are averaged in a scan, then applied in one update: the
+        step of k = 1 (to float rounding; dropout draws differ) holding the activations of one
+        micro-batch at a time.
+        """
         config, task, graphdef, lr_schedule = self.config, self.task, self.graphdef, self.lr_schedule
+        accum = int(config.optim.accum_steps)
+        # Micro-batch i holds examples i, i + k, ...: each device keeps its own examples and
+        # every micro-batch spreads over all batch shards, as the whole batch does.
+        micro_sharding = jax.sharding.NamedSharding(
+            self.mesh, jax.sharding.PartitionSpec(None, sharding.batch_axes(config)))
+
+        def micro_batches(batch):
+            def split(x):
+                if x.shape[0] % accum:
+                    raise ValueError(f"a batch of {x.shape[0]} examples does not split into "
+                                     f"config.optim.accum_steps={accum} micro-batches")
+                x = x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1)
+                return jax.lax.with_sharding_constraint(x, micro_sharding)
+            return jax.tree.map(split, batch)
 
         def step(state, batch, dropout_key):
             model, opt = nnx.merge(graphdef, state)
             opt_step = opt.step[...]
             # Randomness is a function of (seed, fold, step) only: a resumed run repeats it.
             key = jax.random.fold_in(dropout_key, opt_step)
-            # The Rngs are made inside the differentiated function: NNX forbids mutating RNG
-            # counters created outside the grad trace.
-            (loss, aux), grads = nnx.value_and_grad(
-                lambda m: task.loss(m, batch, config, nnx.Rngs(dropout=key)), has_aux=True)(model)
+
+            def loss_and_grads(model, batch, key):
+                # The Rngs are made inside the differentiated function: NNX forbids mutating RNG
+                # counters created outside the grad trace.
+                return nnx.value_and_grad(
+                    lambda m: task.loss(m, batch, config, nnx.Rngs(dropout=key)),
+                    has_aux=True)(model)
+
+            if accum == 1:
+                (loss, aux), grads = loss_and_grads(model, batch, key)
+            else:
+                def add(total, model, i, micro):
+                    out, grads = loss_and_grads(model, micro, jax.random.fold_in(key, i))
+                    return jax.tree.map(jax.numpy.add, total, grads), out
+
+                zeros = jax.tree.map(jax.numpy.zeros_like, nnx.state(model, nnx.Param))
+                # nnx.scan: the model enters as a graph node, broadcast to every micro-batch.
+                grads, (loss, aux) = nnx.scan(
+                    add, in_axes=(nnx.Carry, None, 0, 0), out_axes=(nnx.Carry, 0))(
+                        zeros, model, jax.numpy.arange(accum), micro_batches(batch))
+                grads = jax.tree.map(lambda g: g / accum, grads)
+                loss, aux = jax.tree.map(lambda x: x.mean(axis=0), (loss, aux))
             opt.update(model, grads)
             scalars = dict(loss=loss, grad_norm=optax.tree.norm(grads), lr=lr_schedule(opt_step))
             return nnx.state((model, opt)), {**scalars, **aux}

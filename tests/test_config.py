@@ -7,6 +7,8 @@ import pytest
 
 from configs import common
 from configs import cross as cross_config
+from configs import fg as fg_config
+from configs import prefer as prefer_config
 from configs import ps as ps_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,6 +84,23 @@ def test_unknown_variant_is_an_error():
     with pytest.raises(ValueError, match="needs a value"):
         cross_config.get_config("input_kind")
     assert common.parse_arg("n=3", n=1).n == 3
+
+
+@pytest.mark.parametrize("module", [ps_config, cross_config, fg_config, prefer_config])
+def test_size_variant_sets_the_model_dims_and_nothing_else(module):
+    """`:size=` changes the transformer's dims (after runlocal) and records the size; S is the
+    config as it is. Parameter counts per size: tests/test_switches.py."""
+    for base in ("", "runlocal,"):
+        plain, sized = module.get_config(base.rstrip(",")), module.get_config(f"{base}size=L")
+        assert plain.model.size == "S" and sized.model.size == "L"
+        assert module.get_config(f"{base}size=S").to_dict() == plain.to_dict()
+        dims = {f"model.{k}" for k in common.SIZES["L"]} | {"model.size"}
+        if "text" in plain.model:  # MER-Prefer's description encoder grows with it
+            dims |= {f"model.text.{k}" for k in common.SIZES["L"]}
+            assert sized.model.text.depth == common.SIZES["L"]["depth"] // 2
+        assert changed(plain, sized) == dims
+        assert plain.model.dtype == "float32" and not plain.model.remat
+        assert not plain.model.scan_layers and plain.optim.accum_steps == 1
 
 
 def test_unknown_config_key_on_the_command_line_is_one_line(tmp_path):

@@ -5,7 +5,9 @@ import math
 
 import jax
 import jax.numpy as jnp
+import optax
 import pytest
+from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -75,6 +77,21 @@ def test_cost_analysis_as_a_list_of_dicts_is_read_too():
     assert cost["flops_per_step"] == pytest.approx(2 * 2 * M * K * N, rel=0.01)
 
 
+def test_parameter_count_and_bytes_of_a_model_and_its_optimizer():
+    model = nnx.Linear(K, N, rngs=nnx.Rngs(0))  # K x N kernel + N bias
+    optimizer = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
+    count, params, opt = costs.state_sizes(nnx.state((model, optimizer)))
+    assert count == K * N + N and params == 4 * count
+    assert opt >= 2 * params  # two Adam moments, plus step counters
+
+
+def test_the_mesh_of_a_compiled_program_is_read_from_its_input_shardings():
+    mesh = jax.make_mesh((4, 2), ("data", "fsdp"), devices=jax.devices()[:8])
+    compiled, _ = _matmul(NamedSharding(mesh, P("data")))
+    assert costs.mesh_shape(compiled) == {"data": 4, "fsdp": 2}
+    assert costs.mesh_shape(_NoCosts(None)) == {}
+
+
 def test_peak_table_lookup_and_mfu(monkeypatch):
     assert costs.table_peak("NVIDIA H100 80GB HBM3", "bfloat16") == (989.5e12, "NVIDIA H100 SXM")
     assert costs.table_peak("NVIDIA H100 80GB HBM3", "float32")[0] == 494.5e12  # TF32
@@ -115,12 +132,15 @@ def test_a_run_writes_its_costs_once_and_perf_at_each_log_flush(tiny_run):
     (cost,) = [r for r in rows if any(k.startswith("cost/") for k in r)]
     assert set(cost) == {"step", *(f"cost/{k}" for k in (
         "flops_per_step", "matmul_flops_per_step", "bytes_accessed_per_step",
-        "peak_memory_bytes_per_device",
-        "param_bytes", "optimizer_bytes", "peak_flops_per_s"))}
+        "peak_memory_bytes_per_device", "params",
+        "param_bytes", "optimizer_bytes", "peak_flops_per_s",
+        "mesh_data", "mesh_fsdp", "mesh_model"))}
     assert all(v > 0 for k, v in cost.items() if k != "step")
     # f32 parameters; Adam keeps two moments of each.
-    assert cost["cost/param_bytes"] % 4 == 0
+    assert cost["cost/param_bytes"] == 4 * cost["cost/params"]
     assert cost["cost/optimizer_bytes"] >= 2 * cost["cost/param_bytes"]
+    # The mesh the step was compiled for: the config's -1 data axis took all 8 devices.
+    assert [cost[f"cost/mesh_{a}"] for a in ("data", "fsdp", "model")] == [8, 1, 1]
 
     perf = [r for r in rows if "perf/steps_per_s" in r]
     assert [r["step"] for r in perf] == [2, 4]

@@ -190,14 +190,16 @@ def test_sharded_mesh_trains_like_one_device(tmp_path_factory):
                                [v for _, v in losses["single"]], atol=1e-4)
 
 
-def test_benchmark_reports_the_baseline_shapes():
+def test_benchmark_reports_the_baseline_shapes(tmp_path):
     import os
     import subprocess
     import sys
+    from tests.test_bench import check_profile
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.run(
         [sys.executable, "-m", "merjax.bench", "--config=configs/cross.py:bench", "--synthetic",
-         "--steps=2", "--pipeline_batches=2"], cwd=root, capture_output=True, text=True,
+         "--steps=2", "--pipeline_batches=2", f"--profile={tmp_path / 'profile'}",
+         "--profile_steps=2", "--profile_top=5"], cwd=root, capture_output=True, text=True,
         timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout)  # the JSON line alone: it pipes into jq
@@ -211,6 +213,7 @@ def test_benchmark_reports_the_baseline_shapes():
     assert report["input_shapes"]["text"] == [1, 1024]
     assert report["input_shapes"]["video"] == [1, 768]
     assert report["train_samples_per_s"] > 0 and report["pipeline_samples_per_s"] > 0
+    check_profile(report, proc.stderr, tmp_path / "profile", top=5)
 
 
 # ------------------------------------------------------------------------------------------------

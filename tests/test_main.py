@@ -55,7 +55,7 @@ def test_the_commands_import_no_jax_or_tfds_before_parsing(tmp_path):
 @pytest.mark.parametrize("args,line", [
     (["--config=configs/ps.py:nosuch"],
      "--config=configs/ps.py:nosuch: Unknown config variant 'nosuch' in 'nosuch'; "
-     "known: ['real', 'runlocal'] (see --help)"),
+     "known: ['real', 'runlocal', 'size'] (see --help)"),
     (["--config=configs/cross.py:real,runlocal"],
      "--config=configs/cross.py:real,runlocal: Config variants 'runlocal' and 'real' contradict "
      "each other; pick one (see --help)"),

@@ -317,3 +317,28 @@ def test_predict_mode_answers_another_candidate_file(prefer_run, clip_tfds, tmp_
     with zipfile.ZipFile(workdir / "candidates" / "stage2" / "answer.zip") as z:
         assert z.namelist() == ["answer.csv"]
     assert sorted(p.name for p in workdir.glob("fold_*/checkpoints/*")) == checkpoints
+
+
+def test_independent_release_moved_features_are_found_with_features_root(tmp_path):
+    """A release written by another generator (tests/independent/cross_release.py), trained
+    with an explicit data.features_root: after the feature folders move, predicting names the
+    missing folder, and --features_root=<new place> answers exactly as training did."""
+    import shutil
+    from tests.independent import cross_release
+    rel = cross_release.write_cross_release(tmp_path / "release", n_train=48, n_candidates=20,
+                                            dims=(12, 20, 8), separation=1.0)
+    config = _clip_config("cross", tmp_path / "tfds")
+    config.data.manual_dir = str(rel.root)
+    config.data.features_root = str(rel.features_root)
+    config.data.features.audio, config.data.features.text, config.data.features.video = (
+        rel.folders)
+    workdir = tmp_path / "run"
+    train.run(config, str(workdir))
+    train.run(config, str(workdir), mode="export")
+    moved = shutil.move(str(rel.features_root), str(tmp_path / "elsewhere"))
+    with pytest.raises(Exception, match=str(rel.features_root)):
+        predict.predict(str(workdir), str(rel.root), str(tmp_path / "lost"), batch_size=8)
+    answer = _predict_clips(workdir, rel.root, tmp_path / "out", f"--features_root={moved}")
+    assert answer.read_bytes() == (workdir / "answer.csv").read_bytes()
+    _, rows = _read(answer)
+    assert [r[0] for r in rows] == list(rel.candidates)

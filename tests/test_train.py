@@ -29,12 +29,7 @@ def tfds_dir(tmp_path_factory):
 def _config(tfds_dir, **overrides):
     c = ps_config.get_config("runlocal")
     c.data.tfds_dir = tfds_dir
-    for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        node = c
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+    c.update_from_flattened_dict(overrides)
     return c
 
 

@@ -1,7 +1,8 @@
 """grain input pipelines over prepared TFDS data sources, one process's share at a time.
 
-Training: this process's slice of the split -> seeded shuffle (a new order each epoch) -> repeat
--> numpy transform -> batch. The iterator's position is checkpointable (checkpoint.py saves it).
+Training: seeded shuffle of the whole split (a new order each epoch) -> repeat -> this process's
+rows of each global batch -> numpy transform -> batch. The iterator's position is checkpointable
+(checkpoint.py saves it).
 Evaluation: every example of the split exactly once, in order, padded and masked in the last
 batch; every process runs the same number of batches so none waits alone in a collective.
 """
@@ -41,16 +42,24 @@ class Subset:
         return self.source[int(self.indices[i])]
 
 
-def train_iterator(source, transform, *, global_batch_size, seed):
-    """An endless, checkpointable iterator of this process's training batches."""
+def train_iterator(source, transform, *, global_batch_size, seed, process_index=None,
+                   process_count=None):
+    """An endless, checkpointable iterator of this process's training batches.
+
+    The order is global: one seeded shuffle of the whole split (a new order each epoch) cut into
+    global batches, of which each process transforms and yields only its rows (process p: rows
+    p*L..(p+1)*L-1 of every batch of L*processes). So the model sees the same batches whatever
+    the number of processes: 2 processes x 4 devices train as 1 x 8 do.
+    """
     if len(source) == 0:
         raise ValueError("The training split is empty")
-    per_process = local_batch_size(global_batch_size)
-    ds = process_slice(source)
-    # Each process shuffles its own slice with its own seed stream.
-    ds = ds.seed(seed * 1009 + jax.process_index()).shuffle().repeat()
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    per_process = local_batch_size(global_batch_size, process_count)
+    ds = grain.MapDataset.source(source).seed(seed * 1009).shuffle().repeat()
+    # Lazy: a process reads and transforms only the examples of its own rows.
     ds = ds.map(transform).batch(per_process, drop_remainder=True)
-    return iter(ds.to_iter_dataset())
+    return iter(ds[process_index::process_count].to_iter_dataset())
 
 
 def num_eval_batches(num_examples, global_batch_size, process_count=None):

@@ -44,8 +44,40 @@ def builder_module(task):
 def prepare(config, task, *, announce=True):
     """The task's splits of the prepared dataset for `config.data`, built first if needed.
 
-    `announce` prints the demo banner (train mode); other modes get a one-line note.
+    `announce` prints the demo banner (train mode); other modes get a one-line note. With
+    several processes, process 0 writes the demo release and builds first while the others
+    wait, then they open what it built (or, without a shared file system, build their own).
     """
+    return _process_0_first(lambda: _prepare(config, task, announce=announce))
+
+
+def _process_0_first(fn):
+    """fn() on process 0, then on the others: two processes never write the same folder.
+
+    The others wait in a collective. It is not made to wait for hours: on a cluster, build the
+    real release before launching (launch/build.py).
+    """
+    import jax
+    if jax.process_count() == 1:
+        return fn()
+    from jax.experimental import multihost_utils
+    import numpy as np
+    result = error = None
+    if jax.process_index() == 0:
+        try:
+            result = fn()
+        except Exception as e:  # the others must hear of it, not wait forever
+            error = e
+    failed = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
+    if error is not None:
+        raise error
+    if failed:
+        raise RuntimeError("process 0 failed to prepare the dataset (its log says why); "
+                           "this process stops too")
+    return result if jax.process_index() == 0 else fn()
+
+
+def _prepare(config, task, *, announce):
     module = builder_module(task)
     data = config.data
     if data.manual_dir:

@@ -20,6 +20,11 @@ matrix that must first learn where the label lives; with few clips and D >> widt
 memorises the train set first (train accuracy 1.0 after ~100 steps), and measured on independent
 releases it stayed far below a logistic read-out of the same inputs (cv WAF 0.69 vs 0.84). The
 linear path is that read-out inside the model, so the transformer only has to add to it.
+
+Precision (`dtype`): inputs are standardised (and the wide path's features pooled) in float32;
+stems, tokens and the transformer compute in `dtype`; the head and the wide path read their
+inputs in float32, so logits (and the pooled vector of a headless model) are float32.
+`remat` and `scan_layers` are layers.Encoder's; the bottleneck fusion has no scanned form.
 """
 import jax
 import jax.numpy as jnp
@@ -34,10 +39,10 @@ class DenseStem(nnx.Module):
     standardisation a large shared offset dominates every token after the LayerNorm and the class
     signal becomes a tiny perturbation (measured: candidate WAF 0.53 vs 0.68)."""
 
-    def __init__(self, in_dim, width, *, stats=None, rngs):
+    def __init__(self, in_dim, width, *, stats=None, rngs, dtype=jnp.float32):
         self.standardize = layers.Standardize(in_dim, stats)
-        self.proj = layers.dense(in_dim, width, ("features", "embed"), rngs=rngs)
-        self.norm = layers.layer_norm(width, rngs=rngs)
+        self.proj = layers.dense(in_dim, width, ("features", "embed"), rngs=rngs, dtype=dtype)
+        self.norm = layers.layer_norm(width, rngs=rngs, dtype=dtype)
 
     def __call__(self, x, mask):
         return self.norm(self.proj(self.standardize(x))), mask
@@ -54,11 +59,12 @@ def masked_mean(x, mask):
 
 
 class MelStem(nnx.Module):
-    def __init__(self, n_mels, width, *, group=4, stats=None, rngs):
+    def __init__(self, n_mels, width, *, group=4, stats=None, rngs, dtype=jnp.float32):
         self.group = group
         self.standardize = layers.Standardize(n_mels, stats)  # per mel band, from train frames
-        self.proj = layers.dense(group * n_mels, width, ("features", "embed"), rngs=rngs)
-        self.norm = layers.layer_norm(width, rngs=rngs)
+        self.proj = layers.dense(group * n_mels, width, ("features", "embed"), rngs=rngs,
+                                 dtype=dtype)
+        self.norm = layers.layer_norm(width, rngs=rngs, dtype=dtype)
 
     def __call__(self, x, mask):
         x = self.standardize(x) * mask[..., None]  # padding stays exactly zero
@@ -73,13 +79,14 @@ class MelStem(nnx.Module):
 class FaceStem(nnx.Module):
     """Per face: non-overlapping patches -> shared projection -> GELU -> mean -> projection."""
 
-    def __init__(self, face_size, width, *, patch=8, rngs):
+    def __init__(self, face_size, width, *, patch=8, rngs, dtype=jnp.float32):
         if face_size % patch:
             raise ValueError(f"face size {face_size} must divide by the patch size {patch}")
         self.patch = patch
-        self.patches = layers.dense(patch * patch * 3, width, ("features", "embed"), rngs=rngs)
-        self.out = layers.dense(width, width, ("features", "embed"), rngs=rngs)
-        self.norm = layers.layer_norm(width, rngs=rngs)
+        self.patches = layers.dense(patch * patch * 3, width, ("features", "embed"), rngs=rngs,
+                                    dtype=dtype)
+        self.out = layers.dense(width, width, ("features", "embed"), rngs=rngs, dtype=dtype)
+        self.norm = layers.layer_norm(width, rngs=rngs, dtype=dtype)
 
     def __call__(self, faces, mask):
         x = faces.astype(jnp.float32) / 255.0 - 0.5
@@ -88,16 +95,16 @@ class FaceStem(nnx.Module):
         return self.norm(self.out(x)), mask
 
 
-def make_stem(kind, in_dim, width, *, stats=None, rngs):
+def make_stem(kind, in_dim, width, *, stats=None, rngs, dtype=jnp.float32):
     """`stats`: (mean, std) over the input's last axis for the dense and mel stems."""
     if kind == "dense":
-        return DenseStem(in_dim, width, stats=stats, rngs=rngs)
+        return DenseStem(in_dim, width, stats=stats, rngs=rngs, dtype=dtype)
     if kind == "mel":
-        return MelStem(in_dim, width, stats=stats, rngs=rngs)
+        return MelStem(in_dim, width, stats=stats, rngs=rngs, dtype=dtype)
     if kind == "faces":
-        return FaceStem(in_dim, width, rngs=rngs)
+        return FaceStem(in_dim, width, rngs=rngs, dtype=dtype)
     if kind == "bytes":
-        return text.ByteStem(width, rngs=rngs)
+        return text.ByteStem(width, rngs=rngs, dtype=dtype)
     raise ValueError(f"Unknown modality stem {kind!r}; expected dense, mel, faces or bytes")
 
 
@@ -113,29 +120,38 @@ class FusionTransformer(nnx.Module):
 
     def __init__(self, *, modalities, width, depth, heads, mlp_dim, dropout, num_classes,
                  fusion="joint", bottlenecks=4, modality_dropout=0.0, wide=False, stats=None,
-                 rngs):
+                 dtype="float32", remat=False, scan_layers=False, rngs):
         if fusion not in ("joint", "bottleneck"):
             raise ValueError(f"fusion must be 'joint' or 'bottleneck'; found {fusion!r}")
+        if fusion == "bottleneck" and scan_layers:
+            raise ValueError("config.model.scan_layers needs fusion='joint': the bottleneck "
+                             "fusion's layers mix per-modality streams between blocks and have "
+                             "no scanned form; set scan_layers=False (remat works with both)")
         self.names = tuple(modalities)
         self.fusion = fusion
         self.modality_dropout = modality_dropout
+        self.remat = remat
+        dtype = layers.compute_dtype(dtype)
         stats = stats or {}
-        self.stems = nnx.Dict({m: make_stem(kind, dim, width, stats=stats.get(m), rngs=rngs)
+        self.stems = nnx.Dict({m: make_stem(kind, dim, width, stats=stats.get(m), rngs=rngs,
+                                            dtype=dtype)
                                for m, (kind, dim, _) in modalities.items()})
         self.positions = nnx.Dict({
-            m: layers.Embedding(tokens_per_input(kind, length), width, rngs=rngs)
+            m: layers.Embedding(tokens_per_input(kind, length), width, rngs=rngs, dtype=dtype)
             for m, (kind, _, length) in modalities.items()})
-        self.modality = layers.Embedding(len(self.names), width, rngs=rngs)
+        self.modality = layers.Embedding(len(self.names), width, rngs=rngs, dtype=dtype)
         if fusion == "joint":
-            self.cls = layers.Embedding(1, width, rngs=rngs)
-            self.encoder = layers.Encoder(width, depth, heads, mlp_dim, dropout, rngs=rngs)
+            self.cls = layers.Embedding(1, width, rngs=rngs, dtype=dtype)
+            self.encoder = layers.Encoder(width, depth, heads, mlp_dim, dropout, rngs=rngs,
+                                          dtype=dtype, remat=remat, scan_layers=scan_layers)
         else:
-            self.cls = layers.Embedding(len(self.names), width, rngs=rngs)
-            self.bottleneck = layers.Embedding(bottlenecks, width, rngs=rngs)
+            self.cls = layers.Embedding(len(self.names), width, rngs=rngs, dtype=dtype)
+            self.bottleneck = layers.Embedding(bottlenecks, width, rngs=rngs, dtype=dtype)
             self.streams = nnx.List([
-                nnx.List([layers.TransformerBlock(width, heads, mlp_dim, dropout, rngs=rngs)
+                nnx.List([layers.TransformerBlock(width, heads, mlp_dim, dropout, rngs=rngs,
+                                                  dtype=dtype)
                           for _ in self.names]) for _ in range(depth)])
-            self.final_norm = layers.layer_norm(width, rngs=rngs)
+            self.final_norm = layers.layer_norm(width, rngs=rngs, dtype=dtype)
         # num_classes=0: no head; the model returns its pooled [B, width] vector, for a task that
         # builds its own read-out on it (MER-Prefer's clip encoder, models/prefer.py).
         self.head = (layers.dense(width, num_classes, ("embed", "outputs"), rngs=rngs)
@@ -180,7 +196,7 @@ class FusionTransformer(nnx.Module):
         else:
             pooled = self._bottleneck_fusion(streams, train, rngs)
         if self.head is None:
-            return pooled
+            return pooled.astype(jnp.float32)
         logits = self.head(pooled)
         if self.wide_inputs:
             logits = logits + self.wide(self.wide_features(batch))
@@ -203,17 +219,18 @@ class FusionTransformer(nnx.Module):
                                x], axis=1) for i, (x, _) in enumerate(streams)]
         masks = [jnp.concatenate([jnp.ones((batch_size, 1 + n_b), bool), m], axis=1)
                  for _, m in streams]
+        # In the tokens' dtype, so the averages do not promote a bfloat16 stream to float32.
+        weights = (present / jnp.maximum(present.sum(axis=1, keepdims=True), 1.0)).astype(z.dtype)
         for layer in self.streams:
             new_z = []
             for i, block in enumerate(layer):
                 # Stream layout: [CLS, bottlenecks, tokens]; the bottlenecks are re-inserted
                 # each layer so every stream sees the shared, updated z.
                 seq = jnp.concatenate([xs[i][:, :1], z, xs[i][:, 1:]], axis=1)
-                seq = block(seq, masks[i], train=train, rngs=rngs)
+                seq = layers.apply_block(block, seq, masks[i], train=train, rngs=rngs,
+                                         remat=self.remat)
                 xs[i] = jnp.concatenate([seq[:, :1], seq[:, 1 + n_b:]], axis=1)
                 new_z.append(seq[:, 1:1 + n_b])
-            weights = present / jnp.maximum(present.sum(axis=1, keepdims=True), 1.0)
             z = jnp.einsum("bm,mbnw->bnw", weights, jnp.stack(new_z))
         cls = jnp.stack([x[:, 0] for x in xs], axis=1)  # [B, M, W]
-        weights = present / jnp.maximum(present.sum(axis=1, keepdims=True), 1.0)
         return self.final_norm(jnp.einsum("bm,bmw->bw", weights, cls))

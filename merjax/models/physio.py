@@ -11,6 +11,10 @@ Tokens, in order: [CLS, prior, EEG x (context_s * eeg_patches_per_s), fNIRS x (c
 - The per-(video, second) mean label of the training subjects enters as its own token and the
   head predicts a residual on top of it, so an untrained model already predicts the prior.
 Outputs are on the [0, 1] scale: (label - 1) / 254.
+
+Precision (`dtype`): the band powers (an FFT and a log) and the standardisations are computed in
+float32 whatever the dtype; projections, tokens and the transformer compute in `dtype`; the V/A
+head reads its input in float32, so outputs are float32.
 """
 import jax.numpy as jnp
 import numpy as np
@@ -58,7 +62,7 @@ class PhysioEncoder(nnx.Module):
 
     def __init__(self, *, eeg_channels, eeg_window, context_s, fnirs_steps, fnirs_types,
                  fnirs_channels, width, depth, heads, mlp_dim, dropout, eeg_patches_per_s,
-                 stats, use_prior=True, rngs):
+                 stats, use_prior=True, dtype="float32", remat=False, scan_layers=False, rngs):
         if eeg_window % (context_s * eeg_patches_per_s):
             raise ValueError(f"EEG window {eeg_window} does not split into "
                              f"{context_s} s x {eeg_patches_per_s} patches per second")
@@ -74,19 +78,23 @@ class PhysioEncoder(nnx.Module):
         self.fnirs_standardize = layers.Standardize(
             (fnirs_types, fnirs_channels), (stats["fnirs_mean"], stats["fnirs_std"]))
 
+        dtype = layers.compute_dtype(dtype)
         self.eeg_proj = layers.dense(eeg_channels * len(BANDS), width, ("features", "embed"),
-                                     rngs=rngs)
+                                     rngs=rngs, dtype=dtype)
         self.fnirs_proj = layers.dense(fnirs_types * fnirs_channels, width, ("features", "embed"),
-                                       rngs=rngs)
-        self.prior_proj = layers.dense(2, width, ("outputs", "embed"), rngs=rngs)
-        self.cls = layers.Embedding(1, width, rngs=rngs)
+                                       rngs=rngs, dtype=dtype)
+        self.prior_proj = layers.dense(2, width, ("outputs", "embed"), rngs=rngs, dtype=dtype)
+        self.cls = layers.Embedding(1, width, rngs=rngs, dtype=dtype)
         num_tokens = 2 + self.eeg_patches + fnirs_steps
-        self.position = layers.Embedding(num_tokens, width, rngs=rngs)
-        self.token_type = layers.Embedding(4, width, rngs=rngs)  # cls, prior, eeg, fnirs
-        self.eeg_norm = layers.layer_norm(width, rngs=rngs)
-        self.fnirs_norm = layers.layer_norm(width, rngs=rngs)
-        self.encoder = layers.Encoder(width, depth, heads, mlp_dim, dropout, rngs=rngs)
-        # Zero-initialised so training starts from the prior, not from noise around it.
+        self.position = layers.Embedding(num_tokens, width, rngs=rngs, dtype=dtype)
+        # cls, prior, eeg, fnirs
+        self.token_type = layers.Embedding(4, width, rngs=rngs, dtype=dtype)
+        self.eeg_norm = layers.layer_norm(width, rngs=rngs, dtype=dtype)
+        self.fnirs_norm = layers.layer_norm(width, rngs=rngs, dtype=dtype)
+        self.encoder = layers.Encoder(width, depth, heads, mlp_dim, dropout, rngs=rngs,
+                                      dtype=dtype, remat=remat, scan_layers=scan_layers)
+        # Zero-initialised so training starts from the prior, not from noise around it. Float32
+        # (the default), so the residual on the prior is not rounded to bfloat16.
         self.head = layers.dense(width, 2, ("embed", "outputs"), rngs=rngs,
                                  kernel_init=nnx.initializers.zeros_init())
 

@@ -15,6 +15,9 @@ P(a1 > a2) = 1 - P(a2 > a1) holds by construction, with no swap augmentation to 
 Why the linear paths: a fold of the demo trains on ~86 judged pairs, and a bilinear form of the
 standardised inputs is what a logistic read-out already separates them with (tasks/prefer.py's
 reference); the transformers, trained from scratch, add to it (as models/fusion.py's wide path).
+
+Precision: `clip` may carry dtype / remat / scan_layers (models/fusion.py); the description
+encoder follows them; the joint-space read-outs compute in float32, so the logit is float32.
 """
 import jax.numpy as jnp
 from flax import nnx
@@ -40,13 +43,16 @@ class DescriptionEncoder(nnx.Module):
     transformer. English descriptions of up to 1 KB: 8 bytes (a word or two) a token keeps the
     sequence at 128 tokens."""
 
-    def __init__(self, length, *, width, depth, heads, mlp_dim, group, dropout, rngs):
+    def __init__(self, length, *, width, depth, heads, mlp_dim, group, dropout, rngs,
+                 dtype="float32", remat=False, scan_layers=False):
         if length % group:
             raise ValueError(f"description length {length} must divide by group {group}")
-        self.stem = text.ByteStem(width, group=group, rngs=rngs)
-        self.positions = layers.Embedding(length // group, width, rngs=rngs)
-        self.cls = layers.Embedding(1, width, rngs=rngs)
-        self.encoder = layers.Encoder(width, depth, heads, mlp_dim, dropout, rngs=rngs)
+        dtype = layers.compute_dtype(dtype)
+        self.stem = text.ByteStem(width, group=group, rngs=rngs, dtype=dtype)
+        self.positions = layers.Embedding(length // group, width, rngs=rngs, dtype=dtype)
+        self.cls = layers.Embedding(1, width, rngs=rngs, dtype=dtype)
+        self.encoder = layers.Encoder(width, depth, heads, mlp_dim, dropout, rngs=rngs,
+                                      dtype=dtype, remat=remat, scan_layers=scan_layers)
 
     def __call__(self, ids, mask, *, train, rngs):
         x, token_mask = self.stem(ids, mask)
@@ -68,7 +74,9 @@ class PreferenceModel(nnx.Module):
         stats = dict(stats or {})
         described = stats.pop("description", None)
         self.clip = fusion.FusionTransformer(**clip, num_classes=0, stats=stats, rngs=rngs)
-        self.description = DescriptionEncoder(length, dropout=dropout, rngs=rngs, **text)
+        precision = {k: clip[k] for k in ("dtype", "remat", "scan_layers") if k in clip}
+        self.description = DescriptionEncoder(length, dropout=dropout, rngs=rngs, **text,
+                                              **precision)
         self.histogram = layers.Standardize(HISTOGRAM, described)
         width, text_width = clip["width"], text["width"]
         self.clip_deep = layers.dense(width, joint_dim, ("embed", "outputs"), rngs=rngs)

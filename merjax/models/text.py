@@ -3,6 +3,7 @@
 Chinese subtitles are 3 bytes a character, so `group` adjacent byte embeddings are concatenated
 and projected into one token (a strided patch over bytes), keeping sequences short.
 """
+import jax.numpy as jnp
 from einops import rearrange
 from flax import nnx
 
@@ -12,10 +13,12 @@ from merjax.models import layers
 
 
 class ByteStem(nnx.Module):
-    def __init__(self, width, *, group=4, byte_dim=32, rngs):
+    def __init__(self, width, *, group=4, byte_dim=32, rngs, dtype=jnp.float32):
         self.group = group
-        self.embed = layers.Embedding(257, byte_dim, rngs=rngs, names=("tokens", None))
-        self.proj = layers.dense(group * byte_dim, width, ("features", "embed"), rngs=rngs)
+        self.embed = layers.Embedding(257, byte_dim, rngs=rngs, names=("tokens", None),
+                                      dtype=dtype)
+        self.proj = layers.dense(group * byte_dim, width, ("features", "embed"), rngs=rngs,
+                                 dtype=dtype)
 
     def __call__(self, ids, mask):
         """ids, mask: [B, L] (L divisible by group) -> tokens [B, L/group, W], mask."""

@@ -14,7 +14,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from merjax.data import clip_inputs, pipeline
-from merjax.models import fusion
+from merjax.models import fusion, mertools
 from merjax.tasks import common
 from tfds_builders.mer2026 import clips as clip_builder
 
@@ -162,4 +162,23 @@ def fusion_model(config, data, stats, num_outputs, rngs):
         modalities=modalities(data), width=m.width, depth=m.depth, heads=m.heads,
         mlp_dim=m.mlp_dim, dropout=m.dropout, num_classes=num_outputs, fusion=m.fusion,
         bottlenecks=m.bottlenecks, modality_dropout=m.modality_dropout, wide=m.wide,
-        stats=stats, rngs=rngs)
+        dtype=m.dtype, remat=m.remat, scan_layers=m.scan_layers, stats=stats, rngs=rngs)
+
+
+def mertools_model(config, data, num_outputs, rngs):
+    """MERTools' `attention` baseline (models/mertools.py) over the dataset's utterance
+    features with `num_outputs` logits; config.model: hidden, dropout, dtype. It reads the
+    features as they are (the baseline standardises nothing), so no input stats."""
+    if config.data.input_kind != "features":
+        raise ValueError(f"model.name='mertools_attention' reads pre-extracted features; "
+                         f"config.data.input_kind is {config.data.input_kind!r} (use "
+                         f"input_kind=features)")
+    if config.data.feature_level != "utt":
+        raise ValueError(f"model.name='mertools_attention' is MERTools' utterance-level model "
+                         f"(frame-level features take an LSTM encoder there, not reproduced); "
+                         f"config.data.feature_level is {config.data.feature_level!r}, "
+                         f"expected 'utt'")
+    m = config.model
+    return mertools.AttentionFusion(
+        modalities=modalities(data), hidden=m.hidden, dropout=m.dropout,
+        num_outputs=num_outputs, dtype=m.dtype, rngs=rngs)

@@ -107,9 +107,12 @@ def input_stats(train, config):
 
 def build_model(config, data, stats, rngs):
     m = config.model
+    if m.name == "mertools_attention":
+        return clips.mertools_model(config, data, len(LABELS), rngs)
     if m.name != "fusion":
-        raise ValueError(f"MER-Cross has the models 'fusion' and 'logistic' (the reference "
-                         f"read-out); config.model.name is {m.name!r}")
+        raise ValueError(f"MER-Cross has the models 'fusion', 'mertools_attention' (MERTools' "
+                         f"baseline) and 'logistic' (the reference read-out); "
+                         f"config.model.name is {m.name!r}")
     return clips.fusion_model(config, data, stats, len(LABELS), rngs)
 
 

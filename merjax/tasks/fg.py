@@ -97,10 +97,14 @@ def input_stats(train, config):
 
 
 def build_model(config, data, stats, rngs):
+    outputs = len(data.builder_config.vocabulary)
+    if config.model.name == "mertools_attention":  # one logit per vocabulary word
+        return clips.mertools_model(config, data, outputs, rngs)
     if config.model.name != "fusion":
-        raise ValueError(f"MER-FG has the models 'fusion' and 'logistic' (the reference "
+        raise ValueError(f"MER-FG has the models 'fusion', 'mertools_attention' (MERTools' "
+                         f"track-1 baseline, one logit per word) and 'logistic' (the reference "
                          f"read-out); config.model.name is {config.model.name!r}")
-    return clips.fusion_model(config, data, stats, len(data.builder_config.vocabulary), rngs)
+    return clips.fusion_model(config, data, stats, outputs, rngs)
 
 
 def reference(config, data):

@@ -135,7 +135,8 @@ def build_model(config, data, stats, rngs):
                          f"config.model.name is {m.name!r}")
     clip = dict(modalities=clips.modalities(data), width=m.width, depth=m.depth, heads=m.heads,
                 mlp_dim=m.mlp_dim, dropout=m.dropout, fusion=m.fusion,
-                bottlenecks=m.bottlenecks, modality_dropout=m.modality_dropout, wide=m.wide)
+                bottlenecks=m.bottlenecks, modality_dropout=m.modality_dropout, wide=m.wide,
+                dtype=m.dtype, remat=m.remat, scan_layers=m.scan_layers)
     return prefer_model.PreferenceModel(
         clip=clip, length=description_length(config, data), text=dict(m.text), joint_dim=m.joint_dim,
         dropout=m.dropout, stats=stats, rngs=rngs)

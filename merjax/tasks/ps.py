@@ -145,7 +145,8 @@ def build_model(config, data, stats, rngs):
         eeg_channels=eeg_channels, eeg_window=eeg_window, context_s=f["context_mask"].shape[0],
         fnirs_steps=fnirs_steps, fnirs_types=fnirs_types, fnirs_channels=fnirs_channels,
         width=m.width, depth=m.depth, heads=m.heads, mlp_dim=m.mlp_dim, dropout=m.dropout,
-        eeg_patches_per_s=m.eeg_patches_per_s, stats=stats, use_prior=m.use_prior, rngs=rngs)
+        eeg_patches_per_s=m.eeg_patches_per_s, stats=stats, use_prior=m.use_prior,
+        dtype=m.dtype, remat=m.remat, scan_layers=m.scan_layers, rngs=rngs)
 
 
 def reference(config, data):

@@ -412,6 +412,12 @@ class ClipInputs:
         self.lacking: dict[str, dict[str, str]] = {}  # {name: {input: why}}
         self._held: dict[str, dict] = {}
 
+    def __getstate__(self):
+        # A Beam build ships this reader to its workers inside the pipeline: the held arrays
+        # (~10 KB a name, ~300 MB for the real release) stay behind, and a worker reads each
+        # name's files instead, through the same _read_features and so to the same values.
+        return {**self.__dict__, "_held": {}}
+
     def check(self, names) -> None:
         """Validates every input of `names` (see the module docstring); ReleaseError if bad."""
         names = list(dict.fromkeys(names))

@@ -11,11 +11,12 @@ length 0 (the training side answers it with the majority class).
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from tfds_builders import common
+from tfds_builders import common, generation
 from tfds_builders.mer2026 import TRACK1_LABELS, Mer2026Release, clips
 # Re-exported: the names callers of this module (and its tests) know the inputs by.
 from tfds_builders.mer2026.clips import (EMPTY_FILE, EMPTY_SUBTITLE, FEATURE_DIMS,  # noqa: F401
@@ -70,7 +71,7 @@ def release_sources(data, root):
                                          "subtitle_chieng.csv")] + clips.input_sources(data, root)
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(generation.BeamReadyBuilder):
     """MER-Cross (track 1): listener emotion, 6 classes; train rows and candidates."""
 
     VERSION = tfds.core.Version("1.1.0")
@@ -136,7 +137,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     # ---- writing
 
     def _generate_examples(self, clip_inputs: clips.ClipInputs, rows):
-        for index, name, label in rows:
-            example = {"name": name, "label": np.int32(label), "index": np.int32(index)}
-            example.update(clip_inputs.read(name))
-            yield name, example
+        return generation.examples(self, rows, functools.partial(row_example, clip_inputs))
+
+
+def row_example(clip_inputs: clips.ClipInputs, row):
+    """The example of one (index, name, label) row: a pair keyed by the clip name."""
+    index, name, label = row
+    example = {"name": name, "label": np.int32(label), "index": np.int32(index)}
+    example.update(clip_inputs.read(name))
+    yield name, example

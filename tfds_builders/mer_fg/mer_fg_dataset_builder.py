@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -46,7 +47,7 @@ from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
-from tfds_builders import common
+from tfds_builders import common, generation
 from tfds_builders.common import ReleaseError
 from tfds_builders.mer2026 import Mer2026Release, clips, emotion_wheel
 from tfds_builders.mer2026.clips import assign_folds
@@ -219,7 +220,7 @@ def _csv_paths(rel: Mer2026Release, sources) -> str:
     return " and ".join(str(rel.csv_path(_CSV_KEYS[s])) for s in SOURCES if s in sources)
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(generation.BeamReadyBuilder):
     """MER-FG (track 2): emotion words per clip as a multi-hot vector; train rows (with folds)
     and candidates."""
 
@@ -312,8 +313,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, clip_inputs: clips.ClipInputs, rows):
         """`rows`: (name, the example's fields other than its inputs), in split order."""
-        for name, fields in rows:
-            yield name, {**fields, **clip_inputs.read(name)}
+        return generation.examples(self, rows, functools.partial(named_example, clip_inputs))
 
     def _train_fields(self, rows, folds):
         position = {w: i for i, w in enumerate(self.builder_config.vocabulary)}
@@ -329,6 +329,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         for index, name in enumerate(names):
             yield name, {"name": name, "index": np.int32(index), "source": "",
                          "fold": np.int32(NO_FOLD), "words": "", "labels": unlabelled}
+
+
+def named_example(clip_inputs: clips.ClipInputs, row):
+    """The example of one (name, fields other than its inputs) row, keyed by the clip name."""
+    name, fields = row
+    yield name, {**fields, **clip_inputs.read(name)}
 
 
 def _label_metadata(train: TrainSet, c: FgConfig, folds: dict, candidates) -> dict:

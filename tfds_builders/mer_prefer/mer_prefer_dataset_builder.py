@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 from pathlib import Path
 from typing import NamedTuple
 
@@ -35,7 +36,7 @@ from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
-from tfds_builders import common, features
+from tfds_builders import common, features, generation
 from tfds_builders.common import ReleaseError
 from tfds_builders.mer2026 import PREFERENCES, Mer2026Release, clips, csvs
 # One fold deal for the video tracks (sorted names, seeded shuffle, dealt in turn).
@@ -190,7 +191,7 @@ def _csv_paths(rel: Mer2026Release, sources) -> str:
     return " and ".join(str(rel.csv_path(_CSV_KEYS[s])) for s in SOURCES if s in sources)
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(generation.BeamReadyBuilder):
     """MER-Prefer (track 3): the preferred description of a clip; judged rows (with folds by
     clip) and candidate rows."""
 
@@ -276,20 +277,26 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     # ---- writing
 
     def _generate_examples(self, clip_inputs: clips.ClipInputs, pairs, folds, reads):
-        size = self.builder_config.max_description_bytes
-        for pair in pairs:
-            reads[pair.name] -= 1
-            example = {"name": pair.name, "index": np.int32(pair.index), "source": pair.source,
-                       "preference": np.int32(pair.preference),
-                       "fold": np.int32(folds[pair.name] if pair.source else NO_FOLD)}
-            for col in DESCRIPTIONS:
-                text = getattr(pair, col)
-                example[col] = text
-                example[f"{col}_bytes"], example[f"{col}_length"] = description_bytes(text, size)
-            example.update(clip_inputs.read(pair.name, keep=reads[pair.name] > 0))
-            # Names repeat: the key is the row (its CSV and index), unique within a split.
-            yield f"{pair.source or 'candidates'}/{pair.index}", example
+        return generation.examples(self, pairs, functools.partial(
+            pair_example, clip_inputs, self.builder_config.max_description_bytes, folds, reads))
 
+
+def pair_example(clip_inputs: clips.ClipInputs, size: int, folds: dict, reads, pair: Pair):
+    """The example of one CSV row (pair), keyed by its CSV and index (names repeat).
+
+    `reads`: reads left per name over both splits; a held input is released on its name's
+    last read (a Beam worker holds none, see ClipInputs.__getstate__).
+    """
+    reads[pair.name] -= 1
+    example = {"name": pair.name, "index": np.int32(pair.index), "source": pair.source,
+               "preference": np.int32(pair.preference),
+               "fold": np.int32(folds[pair.name] if pair.source else NO_FOLD)}
+    for col in DESCRIPTIONS:
+        text = getattr(pair, col)
+        example[col] = text
+        example[f"{col}_bytes"], example[f"{col}_length"] = description_bytes(text, size)
+    example.update(clip_inputs.read(pair.name, keep=reads[pair.name] > 0))
+    yield f"{pair.source or 'candidates'}/{pair.index}", example
 
 def _rows_missing(report: dict, rows: dict) -> dict:
     """The examples (rows) whose clip misses some input, or every input, per split: the

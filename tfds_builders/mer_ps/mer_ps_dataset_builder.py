@@ -9,6 +9,7 @@ merjax/data/pipeline.py. A training example's `prior` leaves its own subject out
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 
@@ -16,7 +17,7 @@ from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
-from tfds_builders import common, features
+from tfds_builders import common, features, generation
 from tfds_builders.mer_ps import demo, release, signals
 from tfds_builders.mer_ps.signals import sample_id
 
@@ -166,7 +167,7 @@ def write_demo(root, demo_config):
         eeg_rate_hz=demo_config.eeg_rate_hz)
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(generation.BeamReadyBuilder):
     """MER-PS valence/arousal per second from EEG + fNIRS."""
 
     VERSION = tfds.core.Version("1.2.0")
@@ -264,22 +265,26 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, subjects: list[release.SubjectData], priors: dict[str, dict]):
         """`priors`: subject -> the label-prior table its examples read."""
-        c = self.builder_config
-        for subject in subjects:
-            prior = priors[subject.name]
-            for video, trial in sorted(subject.trials.items()):
-                for second in range(len(trial.labels)):
-                    key = sample_id(subject.name, video, second)
-                    yield key, {
-                        "sample_id": key,
-                        "subject": subject.name,
-                        "video": np.int32(video),
-                        "second": np.int32(second),
-                        "eeg": features.eeg_context(trial.eeg, second, c.context_s,
-                                                    c.eeg_rate_hz),
-                        "fnirs": features.fnirs_context(trial.fnirs, second, c.context_s),
-                        "fnirs_mask": subject.fnirs_mask,
-                        "context_mask": features.context_mask(second, c.context_s),
-                        "label": trial.labels[second],
-                        "prior": features.prior_at(prior, video, second),
-                    }
+        return generation.examples(
+            self, [(subject, priors[subject.name]) for subject in subjects],
+            functools.partial(subject_examples, self.builder_config))
+
+
+def subject_examples(c: MerPsConfig, item):
+    """(key, example) of every label second of one (subject, its prior table)."""
+    subject, prior = item
+    for video, trial in sorted(subject.trials.items()):
+        for second in range(len(trial.labels)):
+            key = sample_id(subject.name, video, second)
+            yield key, {
+                "sample_id": key,
+                "subject": subject.name,
+                "video": np.int32(video),
+                "second": np.int32(second),
+                "eeg": features.eeg_context(trial.eeg, second, c.context_s, c.eeg_rate_hz),
+                "fnirs": features.fnirs_context(trial.fnirs, second, c.context_s),
+                "fnirs_mask": subject.fnirs_mask,
+                "context_mask": features.context_mask(second, c.context_s),
+                "label": trial.labels[second],
+                "prior": features.prior_at(prior, video, second),
+            }

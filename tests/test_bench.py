@@ -1,0 +1,67 @@
+"""Where a step's time goes (merjax/profiling.py, `python -m merjax.bench --profile`): self times of
+nested trace events, the per-op table of a traced program, and what the benchmark's --profile
+gives (checked on tests/test_cross.py's benchmark run)."""
+import glob
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from merjax import profiling
+
+
+def test_a_nested_event_counts_once_as_its_own_time():
+    # A while loop (0-100) holding two body ops (10-30, 40-90), then a lone op (100-105).
+    events = [(40, 50, "body_b"), (0, 100, "while"), (10, 20, "body_a"), (100, 5, "add")]
+    assert sorted(profiling._self_times(events)) == [
+        ("add", 5), ("body_a", 20), ("body_b", 50), ("while", 30)]
+
+
+def test_the_ops_of_a_traced_program_add_up_to_no_more_than_its_time(tmp_path):
+    """A chain of dependent matmuls on one device cannot overlap: the ops' time per step is
+    most of the step's wall time, and never more."""
+    w = jnp.full((768, 768), 1e-3, jnp.float32)
+
+    @jax.jit
+    def chain(x):
+        for _ in range(4):
+            x = jnp.tanh(x @ w)
+        return x
+
+    x = jnp.ones((768, 768), jnp.float32)
+    chain(x).block_until_ready()  # compiled outside the trace
+    steps = 3
+    start = time.perf_counter()
+    run_dir = profiling.trace(str(tmp_path), steps, lambda: chain(x))
+    wall_ms_per_step = (time.perf_counter() - start) * 1e3 / steps
+    assert os.path.dirname(run_dir) == str(tmp_path / "plugins" / "profile")
+    assert glob.glob(os.path.join(run_dir, "*.xplane.pb"))
+    ops = profiling.op_times(run_dir, steps)
+    total = sum(o["ms_per_step"] for o in ops)
+    assert 0.3 * wall_ms_per_step < total <= wall_ms_per_step
+    assert sum(o["share"] for o in ops) == pytest.approx(1.0)
+    assert [o["ms_per_step"] for o in ops] == sorted((o["ms_per_step"] for o in ops),
+                                                     reverse=True)
+    table = profiling.table(ops, top=2)
+    assert table.splitlines()[1].startswith(ops[0]["op"]) and "other ops" in table
+
+
+def check_profile(report, stderr, log_dir, top):
+    """The benchmark's --profile output (its run is tests/test_cross.py's benchmark test, whose
+    compile it shares): the JSON's costliest ops, the trace where TensorBoard's profile plugin
+    reads it (<log_dir>/plugins/profile/<run>/<host>.xplane.pb), the table on stderr."""
+    profile = report["profile"]
+    assert len(profile) == top and all(set(o) == {"op", "ms_per_step", "share"} for o in profile)
+    assert all(o["ms_per_step"] > 0 and 0 < o["share"] <= 1 for o in profile)
+    assert sum(o["share"] for o in profile) <= 1
+    assert [o["ms_per_step"] for o in profile] == sorted((o["ms_per_step"] for o in profile),
+                                                         reverse=True)
+    run_dir = report["profile_dir"]
+    assert os.path.dirname(run_dir) == os.path.join(str(log_dir), "plugins", "profile")
+    assert glob.glob(os.path.join(run_dir, "*.xplane.pb"))
+    assert os.path.exists(os.path.join(run_dir, "perfetto_trace.json.gz"))  # ui.perfetto.dev
+    lines = stderr.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("op ") and "ms/step" in line)
+    assert lines[header + 1].split()[0] == profile[0]["op"]
