@@ -186,27 +186,17 @@ def state_sizes(state):
     return count, params, optimizer
 
 
-def mesh_shape(compiled):
-    """{axis: size} of the mesh a compiled SPMD program's inputs are laid out on ({} when none
-    of them carries a NamedSharding, e.g. a single-device program)."""
-    for s in jax.tree.leaves(getattr(compiled, "input_shardings", ())):
-        mesh = getattr(s, "mesh", None)
-        if mesh is not None and hasattr(mesh, "shape"):
-            return {str(k): int(v) for k, v in dict(mesh.shape).items()}
-    return {}
-
-
-def train_step_costs(compiled, jaxpr, state, num_devices, dtype="float32"):
+def train_step_costs(compiled, jaxpr, state, mesh, dtype="float32"):
     """Everything `metrics` writes for a compiled train step (traced as `jaxpr`) over `state`
-    (model, optimizer) on `num_devices` devices, with `peak_source` saying where the peak comes
-    from. `params` (the parameter count) and `mesh_<axis>` (the mesh the step was compiled for)
-    are written beside the costs so a sweep's table (launch/scale.py) finds a point's size and
-    layout in its metrics.jsonl alone."""
+    (model, optimizer) on the devices of `mesh`, with `peak_source` saying where the peak comes
+    from. `params` (the parameter count) and `mesh_<axis>` (the mesh's axis sizes) are written
+    beside the costs so a sweep's table (launch/scale.py) finds a point's size and layout in
+    its metrics.jsonl alone."""
     count, params, optimizer = state_sizes(state)
-    peak, source = peak_flops(dtype, num_devices)
-    mesh = {f"mesh_{axis}": size for axis, size in mesh_shape(compiled).items()}
-    return dict(compiled_costs(compiled, num_devices, jaxpr), params=count, param_bytes=params,
-                optimizer_bytes=optimizer, peak_flops_per_s=peak, peak_source=source, **mesh)
+    peak, source = peak_flops(dtype, mesh.size)
+    axes = {f"mesh_{axis}": int(size) for axis, size in mesh.shape.items()}
+    return dict(compiled_costs(compiled, mesh.size, jaxpr), params=count, param_bytes=params,
+                optimizer_bytes=optimizer, peak_flops_per_s=peak, peak_source=source, **axes)
 
 
 def mfu(flops_per_step, steps_per_s, peak_flops_per_s):

@@ -573,7 +573,7 @@ class ModelState:
             compiled = traced.lower().compile()
             sharding.log_memory(compiled)
             _COMPILED[key] = compiled, costs.train_step_costs(
-                compiled, traced.jaxpr, self.abstract, self.mesh.size,
+                compiled, traced.jaxpr, self.abstract, self.mesh,
                 self.config.model.get("dtype", "float32"))
         (compiled, cost), dropout_key = _COMPILED[key], self.dropout_key
 

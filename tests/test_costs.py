@@ -85,11 +85,14 @@ def test_parameter_count_and_bytes_of_a_model_and_its_optimizer():
     assert opt >= 2 * params  # two Adam moments, plus step counters
 
 
-def test_the_mesh_of_a_compiled_program_is_read_from_its_input_shardings():
+def test_a_train_steps_costs_name_its_mesh_and_parameter_count():
     mesh = jax.make_mesh((4, 2), ("data", "fsdp"), devices=jax.devices()[:8])
-    compiled, _ = _matmul(NamedSharding(mesh, P("data")))
-    assert costs.mesh_shape(compiled) == {"data": 4, "fsdp": 2}
-    assert costs.mesh_shape(_NoCosts(None)) == {}
+    compiled, jaxpr = _matmul(NamedSharding(mesh, P("data")))
+    model = nnx.Linear(K, N, rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
+    cost = costs.train_step_costs(compiled, jaxpr, nnx.state((model, optimizer)), mesh)
+    assert (cost["mesh_data"], cost["mesh_fsdp"]) == (4, 2)
+    assert cost["params"] == K * N + N
 
 
 def test_peak_table_lookup_and_mfu(monkeypatch):
