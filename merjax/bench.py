@@ -6,8 +6,10 @@ fixed batch, so only the compiled step is timed), the compiled step's costs as t
 writes them (merjax/costs.py: flops_per_step, matmul_flops_per_step, bytes_accessed_per_step,
 peak_memory_bytes_per_device, param_bytes, optimizer_bytes, peak_flops_per_s and peak_source)
 with the MFU they give, and the input pipeline's samples/s on its own and as a multiple of what
-training consumes (`pipeline_over_train`). Steps are timed once their rate has settled
-(`settle_s`: a fresh process runs its first seconds of steps slower). With --synthetic no
+training consumes (`pipeline_over_train`), after its set-up (`pipeline_setup_s`: the one pass
+that caches a split fitting config.pipeline.cache_bytes, then its first batch). Steps are timed
+once their rate has settled (`settle_s`: a fresh process runs its first seconds of steps
+slower). With --synthetic no
 dataset is built: random inputs of the dataset's feature shapes are used (variable-length dims
 take --length), e.g. the MER-Cross baseline shapes with `--config=configs/cross.py:bench
 --synthetic`. Shapes and device are printed with the numbers so other stacks can be compared on
@@ -66,10 +68,9 @@ def synthetic_examples(features, n, length, seed=0):
     return examples
 
 
-# The synthetic split's length: what a real split's is. grain's shuffle costs per element in
-# inverse proportion to the split's length (measured here: 894 us at 32 records, 36 us at 1,000,
-# 8.7 us at 30,000), so a split of one batch would time the shuffle, not the pipeline.
-SYNTHETIC_RECORDS = 30_000
+# The synthetic split's length: a real MER-Cross fold's train split (9,395 clips, 5 folds), so
+# the pipeline caches or streams it as it would the real one (config.pipeline.cache_bytes).
+SYNTHETIC_RECORDS = 7_516
 
 
 class Repeated:
@@ -106,8 +107,12 @@ def main(argv):
     costs.peak_flops(config.model.get("dtype", "float32"), mesh.size)
 
     source = Repeated(train_source, SYNTHETIC_RECORDS) if _SYNTHETIC.value else train_source
+    start = time.perf_counter()
     it = pipeline.train_iterator(source, task.make_transform(config, data),
-                                 global_batch_size=config.batch_size, seed=config.seed)
+                                 global_batch_size=config.batch_size, seed=config.seed,
+                                 **config.pipeline)
+    local = next(it)
+    setup_s = time.perf_counter() - start  # the cache's one pass over the split, if it fits
     start = time.perf_counter()
     for _ in range(_PIPELINE_BATCHES.value):
         local = next(it)
@@ -124,7 +129,7 @@ def main(argv):
     state, step_s = timed_steps(compiled, state, batch, _STEPS.value)
     profile = {}
     if _PROFILE.value:
-        profile = profiled_steps(compiled, state, batch)
+        profile = profiled_steps(model_state, compiled, state, batch)
 
     cost = {k: v for k, v in compiled.cost.items() if not k.startswith("mesh_")}  # as `mesh`
     pipeline_rate = _PIPELINE_BATCHES.value * config.batch_size / pipeline_s
@@ -135,6 +140,7 @@ def main(argv):
         compile_s=round(compile_s, 2), settle_s=round(settle_s, 2),
         train_steps_per_s=round(1 / step_s, 2),
         train_samples_per_s=round(config.batch_size / step_s, 1),
+        pipeline_setup_s=round(setup_s, 2), pipeline_records=len(source),
         pipeline_samples_per_s=round(pipeline_rate, 1),
         # The input pipeline's headroom: how many times what training consumes it delivers.
         pipeline_over_train=round(pipeline_rate * step_s / config.batch_size, 2),
@@ -169,9 +175,19 @@ def settle(compiled, state, batch, chunk_s=0.5, agree=0.1, max_s=15.0):
     return state
 
 
-def profiled_steps(compiled, state, batch):
+# XLA:GPU replays most of a step as CUDA graphs ("command buffers"), which a trace shows as one
+# op (measured on an H200: `command_buffer_1` 100% of the raw MER-Cross step). The profiled
+# steps are compiled without them, so the table names the fusions: the same kernels, each
+# launched on its own (the timed steps above keep them).
+GPU_PROFILE_OPTIONS = {"xla_gpu_enable_command_buffer": ""}
+
+
+def profiled_steps(model_state, compiled, state, batch):
     """--profile: traces --profile_steps more steps, logs the per-op table and returns the
     report's `profile` (top ops) and `profile_dir` (the trace's run folder)."""
+    if jax.default_backend() == "gpu":
+        compiled = model_state.compiled_train_step(state, batch, GPU_PROFILE_OPTIONS)
+        state, _ = compiled(state, batch)  # compiled, and its first run, outside the trace
     holder = {"state": state}
 
     def step():

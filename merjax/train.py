@@ -271,7 +271,7 @@ def train_fold(config, task, data, fold, model_state, evaluator, ckpt, best, wri
     costs.peak_flops(config.model.get("dtype", "float32"), model_state.mesh.size)
     train_iter = pipeline.train_iterator(
         fold.train, evaluator.transform, global_batch_size=config.batch_size,
-        seed=model_state.data_seed)
+        seed=model_state.data_seed, **config.pipeline)
     latest, scores = ckpt.latest_step(), None
     if latest is None:
         state, step = model_state.init(), 0
@@ -556,21 +556,23 @@ class ModelState:
     def restore_target(self):
         return checkpoint.abstract_like(self.abstract, self.shardings)
 
-    def compiled_train_step(self, state, batch):
+    def compiled_train_step(self, state, batch, compiler_options=None):
         """The train step compiled for the shapes and shardings of (state, batch): (state,
         batch) -> (state, metrics), with its `.cost` (merjax/costs.py: FLOPs, bytes, memory,
         parameter and optimizer bytes, peak FLOP/s). Compiled, and its cost read, once per
         process for every ModelState of the same program (the folds of a CV run differ only in
-        their dropout key, an argument)."""
+        their dropout key, an argument). `compiler_options`: XLA debug options for this
+        compile (the benchmark's GPU profile turns command buffers off)."""
         leaves = tuple((x.shape, x.dtype, x.sharding) for x in jax.tree.leaves((state, batch)))
+        options = dict(compiler_options or {})
         # task.loss too: the step traces whatever it is now (a test may swap it for a NaN loss).
         key = (self._program, self.task.loss, self.graphdef, jax.tree.structure((state, batch)),
-               leaves)
+               leaves, tuple(sorted(options.items())))
         if key not in _COMPILED:
             if len(_COMPILED) >= _COMPILED_KEPT:  # bounded: a test session runs many programs
                 _COMPILED.pop(next(iter(_COMPILED)))
             traced = self.train_step().trace(state, batch, self.dropout_key)
-            compiled = traced.lower().compile()
+            compiled = traced.lower().compile(options or None)
             sharding.log_memory(compiled)
             _COMPILED[key] = compiled, costs.train_step_costs(
                 compiled, traced.jaxpr, self.abstract, self.mesh,

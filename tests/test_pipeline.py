@@ -47,25 +47,62 @@ def test_process_slices_partition_the_split():
     assert ys == list(range(10))
 
 
-def test_train_order_is_seeded_reshuffled_per_epoch_and_resumable():
+@pytest.mark.parametrize("cache_bytes", [1 << 20, 0])
+def test_train_order_is_seeded_reshuffled_per_epoch_and_resumable(cache_bytes):
     source = _source(12)
 
     def take(it, n):
         return [next(it)["y"].tolist() for _ in range(n)]
 
-    first = take(pipeline.train_iterator(source, _transform, global_batch_size=4, seed=1), 6)
-    again = take(pipeline.train_iterator(source, _transform, global_batch_size=4, seed=1), 6)
-    other = take(pipeline.train_iterator(source, _transform, global_batch_size=4, seed=2), 6)
+    def iterator(seed):
+        return pipeline.train_iterator(source, _transform, global_batch_size=4, seed=seed,
+                                       cache_bytes=cache_bytes)
+
+    first, again, other = (take(iterator(seed), 6) for seed in (1, 1, 2))
     assert first == again and first != other
     epoch1, epoch2 = sum(first[:3], []), sum(first[3:], [])
     assert sorted(epoch1) == sorted(epoch2) == list(range(12)) and epoch1 != epoch2
 
-    it = pipeline.train_iterator(source, _transform, global_batch_size=4, seed=1)
+    it = iterator(1)
     take(it, 2)
     state = it.get_state()
-    resumed = pipeline.train_iterator(source, _transform, global_batch_size=4, seed=1)
+    resumed = iterator(1)
     resumed.set_state(state)
     assert take(resumed, 4) == first[2:]
+
+
+def test_cached_and_streamed_batches_are_the_same_global_order():
+    source = _source(10)  # batches of 4 straddle the epochs' ends
+
+    def take(cache_bytes, process_index=0, process_count=1, n=8):
+        it = pipeline.train_iterator(source, _transform, global_batch_size=4, seed=5,
+                                     process_index=process_index, process_count=process_count,
+                                     cache_bytes=cache_bytes)
+        return [next(it) for _ in range(n)]
+
+    whole = take(1 << 20)
+    for cache_bytes in (1 << 20, 0):
+        halves = [take(cache_bytes, p, 2) for p in range(2)]
+        for one, *two in zip(take(cache_bytes), *halves):
+            assert one["x"].dtype == np.float32 and one["x"].shape == (4, 3)
+            # A process yields its rows of the global batch: side by side they are the batch.
+            for key in ("x", "y"):
+                np.testing.assert_array_equal(one[key], np.concatenate([h[key] for h in two]))
+        assert [b["y"].tolist() for b in take(cache_bytes)] == [b["y"].tolist() for b in whole]
+    # Each epoch of 10 visits every example once.
+    flat = np.concatenate([b["y"] for b in whole]).tolist()
+    assert sorted(flat[:10]) == sorted(flat[10:20]) == list(range(10)) and flat[:10] != flat[10:20]
+
+
+@pytest.mark.parametrize("cache_bytes", [1 << 20, 0])
+def test_a_transform_of_changing_shape_is_refused_by_name(cache_bytes):
+    def ragged(example):
+        return dict(x=np.zeros(3 + (example["y"] == 4), np.float32))
+
+    with pytest.raises(ValueError, match=r"training example 4: field 'x' has shape \(4,\), "
+                                         r"the first example's is \(3,\)"):
+        next(pipeline.train_iterator(_source(6), ragged, global_batch_size=6, seed=0,
+                                     cache_bytes=cache_bytes))
 
 
 def test_pad_batch_rejects_overflow_and_empty():

@@ -30,7 +30,8 @@ class Task(Protocol):
         """The runs to train: one Fold without cross-validation, K with it."""
 
     def make_transform(self, config, data) -> Callable[[dict], dict]:
-        """Decoded example -> numpy model inputs (fixed shapes) + label fields."""
+        """Decoded example -> numpy model inputs (fixed shapes) + label fields; a pure function
+        of the example (the train pipeline may transform a split once and reuse the results)."""
 
     def model_inputs(self, config, data) -> tuple:
         """The transformed fields the model reads: the exported signature's inputs."""
