@@ -71,14 +71,16 @@ def train_iterator(source, transform, *, global_batch_size, seed, process_index=
     process_count = jax.process_count() if process_count is None else process_count
     per_process = local_batch_size(global_batch_size, process_count)
     order = EpochOrder(len(source), seed)
-    arrays = materialise(source, transform, cache_bytes)
+    # Every batch has the first example's fields, shapes and dtypes (one compiled step).
+    first = transform(source[0])
+    arrays = materialise(source, transform, first, cache_bytes)
 
     def batch(b):
         start = b * global_batch_size + process_index * per_process
         rows = order.indices(start, start + per_process)
         if arrays is not None:
             return {name: column[rows] for name, column in arrays.items()}
-        return stack([transform(source[int(i)]) for i in rows], rows)
+        return stack([transform(source[int(i)]) for i in rows], rows, first)
 
     # range(2**62): endless for any run, and random access, so grain checkpoints the position.
     ds = grain.MapDataset.range(2 ** 62).map(batch)
@@ -115,20 +117,18 @@ class EpochOrder:
         return out
 
 
-def materialise(source, transform, cache_bytes):
-    """{field: [N, ...] array} of every transformed example, or None when the split would take
-    more than `cache_bytes` (estimated from its first example; -1: a quarter of this host's
-    physical memory)."""
+def materialise(source, transform, first, cache_bytes):
+    """{field: [N, ...] array} of every transformed example (`first`: the first one), or None
+    when the split would take more than `cache_bytes` (-1: a quarter of this host's physical
+    memory)."""
     if cache_bytes == -1:
         cache_bytes = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
-    first = transform(source[0])
     size = sum(np.asarray(v).nbytes for v in first.values()) * len(source)
     if size > cache_bytes:
         logging.info("training split of %d examples (%.2f GB transformed) read per batch: over "
                      "config.pipeline.cache_bytes=%d", len(source), size / 1e9, cache_bytes)
         return None
-    arrays = {name: np.empty((len(source),) + np.shape(v), np.asarray(v).dtype)
-              for name, v in first.items()}
+    arrays = empty_like(first, len(source))
     start = time.perf_counter()
     for i in range(len(source)):
         put(arrays, i, first if i == 0 else transform(source[i]), i)
@@ -151,13 +151,18 @@ def put(arrays, row, example, index):
         arrays[name][row] = value
 
 
-def stack(examples, indices):
-    """One batch of the transformed examples `indices`, checked as materialise() checks them."""
-    arrays = {name: np.empty((len(examples),) + np.shape(v), np.asarray(v).dtype)
-              for name, v in examples[0].items()}
+def stack(examples, indices, first):
+    """One batch of the transformed examples `indices`, checked against the split's first
+    example as materialise() checks them."""
+    arrays = empty_like(first, len(examples))
     for row, (example, index) in enumerate(zip(examples, indices)):
         put(arrays, row, example, index)
     return arrays
+
+
+def empty_like(example, n):
+    """{field: an empty [n, ...] array of the example's field shape and dtype}."""
+    return {name: np.empty((n,) + np.shape(v), np.asarray(v).dtype) for name, v in example.items()}
 
 
 def num_eval_batches(num_examples, global_batch_size, process_count=None):
