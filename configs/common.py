@@ -122,12 +122,13 @@ def base_config():
     # penalties it chooses from on the selection split, and L-BFGS iterations (logistic).
     c.reference = ml_collections.ConfigDict(dict(l2=(1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0),
                                                  iterations=300))
-    # The training input pipeline (merjax/data/pipeline.py). A train split whose transformed
-    # examples fit in cache_bytes (-1: a quarter of the host's memory, per process: with several
-    # processes on one host set each one's share; 0: never) is transformed once into memory and
-    # batches are gathered from it (a real MER-Cross fold: ~80 MB of utterance features, 2.2 GB
-    # raw); a larger one is read and transformed per batch in read_threads threads,
-    # prefetch_batches ahead.
+    # The input pipeline (merjax/data/pipeline.py). Each split a run reads (train, validation,
+    # candidates, ...) is transformed once into memory, in the order they are first read, while
+    # together they fit in cache_bytes (-1: a quarter of the host's memory, per process: with
+    # several processes on one host set each one's share; 0: never); every fold's training,
+    # evaluation and reference read-out gather from it (real MER-Cross track1_train: ~0.1 GB of
+    # utterance features, ~2.8 GB raw). A split that does not fit is read and transformed per
+    # batch, for training in read_threads threads, prefetch_batches ahead.
     c.pipeline = ml_collections.ConfigDict(dict(cache_bytes=-1, read_threads=4,
                                                 prefetch_batches=4))
     # Multi-host: call jax.distributed.initialize() before any JAX op (Slurm/TPU auto-detect).

@@ -7,7 +7,8 @@
 A point's numbers come from its own metrics.jsonl, so a sweep run on a cluster can be summarised
 anywhere its workdirs are copied: `cost/*` (written once at the first compile, merjax/costs.py:
 parameters, FLOPs per step, peak memory, the mesh), `perf/steps_per_s` (each log flush) and the
-task's selection metric (`val/<metric>`, `cv/<metric>` for cross-validated runs). Its status is
+kept state's score (`selected/val/<metric>`, written by the loop when a run ends; `cv/<metric>`
+for cross-validated runs). Its status is
 the failure the sweep recorded when it ran it (STATUS_FILE: "oom" or "failed"), else "ok" if its
 metrics reach its last step and "not run" if not.
 """
@@ -66,32 +67,25 @@ def step_time(rows):
 
 
 def final_score(rows, select):
-    """(name, value) of the score the run reports for its kept state, by the task's SELECT
-    (metric, "max"|"min"): the cross-validated mean `cv/<metric>` where there is one, else the
-    `val/<metric>` of the evaluation the run kept: the best by its selection key
-    (`inner/<metric>` where written, else `val/<metric>`; the earliest of equals, as the loop
-    keeps it), or the last one for a task that keeps the last state. (None, None) if none."""
-    if not select:
-        evals = [r for r in rows if "fold" not in r and any(k.startswith("val/") for k in r)]
-        if not evals:
-            return None, None
-        name = sorted(k for k in evals[-1] if k.startswith("val/"))[0]
-        return name, evals[-1][name]
-    metric, direction = select
-    summary = [r for r in rows if "fold" not in r and f"cv/{metric}" in r]
-    if summary:
-        return f"cv/{metric}", summary[-1][f"cv/{metric}"]
-    name = f"val/{metric}"
-    evals = [r for r in rows if "fold" not in r and name in r]
-    if not evals:
+    """(name, value) of the score the run reports for the state it kept: the cross-validated
+    mean `cv/<metric>` where there is one (the task's SELECT metric), else the kept state's
+    validation score as the loop wrote it when the run ended (`selected/val/<metric>`,
+    merjax/train.py: the best state where the task selects one, else the last); without a
+    SELECT, its first validation score. (None, None) before the run ends."""
+    from merjax.train import SELECTED_PREFIX  # here: the sweep's --help imports no jax
+    summaries = [r for r in rows if "fold" not in r]
+    if select:
+        metric = select[0]
+        cv = [r for r in summaries if f"cv/{metric}" in r]
+        if cv:
+            return f"cv/{metric}", cv[-1][f"cv/{metric}"]
+    kept = [r for r in summaries if any(k.startswith(SELECTED_PREFIX + "val/") for k in r)]
+    if not kept:
         return None, None
-    key = f"inner/{metric}" if all(f"inner/{metric}" in r for r in evals) else name
-    sign = 1 if direction == "max" else -1
-    best = evals[0]
-    for r in evals[1:]:
-        if sign * r[key] > sign * best[key]:
-            best = r
-    return name, best[name]
+    names = sorted(k[len(SELECTED_PREFIX):] for k in kept[-1]
+                   if k.startswith(SELECTED_PREFIX + "val/"))
+    name = f"val/{select[0]}" if select and f"val/{select[0]}" in names else names[0]
+    return name, kept[-1][SELECTED_PREFIX + name]
 
 
 def row(point_dir, name, batch, total_steps, select, size=""):

@@ -44,32 +44,40 @@ class Fitted:
     for every example of a split, in its order, like the loop's Evaluator."""
 
     def __init__(self, readout, transform, fields, id_field, mean, std, weights, bias, l2,
-                 chunk):
+                 chunk, cache=None):
         self.readout, self.transform, self.fields = readout, transform, fields
-        self.id_field, self.chunk, self._cache = id_field, chunk, {}
+        self.id_field, self.chunk, self._outputs = id_field, chunk, {}
+        self.cache = cache
         self.mean, self.std, self.weights, self.bias, self.l2 = mean, std, weights, bias, l2
 
     def outputs(self, source):
-        key = id(source)  # the source is held in the cache, so its id is never reused
-        if key not in self._cache:
+        key = id(source)  # the source is held in _outputs, so its id is never reused
+        if key not in self._outputs:
             ids, x, rows = read(self.readout, source, self.transform, self.fields,
-                                self.id_field, self.chunk)
-            self._cache[key] = (source, ids, self._apply(x, rows), rows)
-        return self._cache[key][1:]
+                                self.id_field, self.chunk, self.cache)
+            self._outputs[key] = (source, ids, self._apply(x, rows), rows)
+        return self._outputs[key][1:]
 
     def _apply(self, x, rows):
         scores = ((x - self.mean) / self.std) @ self.weights + self.bias
         return np.asarray(self.readout.output(scores, rows))
 
 
-def read(readout, source, transform, fields, id_field, chunk=256):
-    """(ids, [N, D] float64 features, {field: [N, ...]}) for every example of `source`."""
+def read(readout, source, transform, fields, id_field, chunk=256, cache=None):
+    """(ids, [N, D] float64 features, {field: [N, ...]}) for every example of `source`; read
+    from `cache` (a pipeline.TransformCache keeping `id_field`) when it holds the split."""
     ids, feats, rows = [], [], {k: [] for k in fields}
+    cached = None if cache is None else cache.get(source, transform, id_field)
     for lo in range(0, len(source), chunk):
-        raw = [source[i] for i in range(lo, min(lo + chunk, len(source)))]
-        ids += [pipeline.decode_id(r, id_field) for r in raw]
-        examples = [transform(r) for r in raw]
-        batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+        at = np.arange(lo, min(lo + chunk, len(source)))
+        if cached is not None:
+            ids += [cached.id(i) for i in at]
+            batch = cached.take(at)
+        else:
+            raw = [source[int(i)] for i in at]
+            ids += [pipeline.decode_id(r, id_field) for r in raw]
+            examples = [transform(r) for r in raw]
+            batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
         feats.append(np.asarray(readout.features(batch), np.float64))
         for k in fields:
             rows[k].append(batch[k])
@@ -79,13 +87,14 @@ def read(readout, source, transform, fields, id_field, chunk=256):
 
 
 def fit(readout, train, select, transform, *, fields, id_field, l2_grid, score,
-        higher_is_better, iterations=300, chunk=256):
+        higher_is_better, iterations=300, chunk=256, cache=None):
     """Fits `readout` on `train`, choosing the L2 penalty on `select` by `score(outputs, rows)`.
 
     `fields` are the transformed fields kept per example (targets, what `output` needs);
-    returns a `Fitted`.
+    `cache`: the run's pipeline.TransformCache, read here and by the `Fitted`'s outputs
+    for the splits it holds. Returns a `Fitted`.
     """
-    _, x, rows = read(readout, train, transform, fields, id_field, chunk)
+    _, x, rows = read(readout, train, transform, fields, id_field, chunk, cache)
     mean, std = x.mean(0), x.std(0)
     std = np.where(std > 1e-8, std, 1.0)  # a constant feature stays 0 after centring
     z = (x - mean) / std
@@ -98,17 +107,18 @@ def fit(readout, train, select, transform, *, fields, id_field, l2_grid, score,
     else:
         raise ValueError(f"reference kind must be 'ridge', 'logistic' or 'sigmoid'; found "
                          f"{readout.kind!r}")
-    ids_s, xs, rows_s = read(readout, select, transform, fields, id_field, chunk)
+    ids_s, xs, rows_s = read(readout, select, transform, fields, id_field, chunk, cache)
     best = None
     for l2, (w, b) in zip(l2_grid, solutions):
-        candidate = Fitted(readout, transform, fields, id_field, mean, std, w, b, l2, chunk)
+        candidate = Fitted(readout, transform, fields, id_field, mean, std, w, b, l2, chunk,
+                           cache)
         outputs = candidate._apply(xs, rows_s)
         value = score(outputs, rows_s)
         logging.info("reference %s: l2=%g gives %.4g on the selection split", readout.name, l2,
                      value)
         if best is None or (value > best[0] if higher_is_better else value < best[0]):
             best = (value, candidate)
-            candidate._cache[id(select)] = (select, ids_s, outputs, rows_s)
+            candidate._outputs[id(select)] = (select, ids_s, outputs, rows_s)
     chosen = best[1]
     logging.info("reference %s (%s on %d features, %d train examples): l2=%g", readout.name,
                  readout.kind, x.shape[1], len(x), chosen.l2)

@@ -25,6 +25,9 @@ from merjax.data import pipeline, prepare
 
 MODES = ("train", "evaluate", "predict", "export")
 SELECT_PREFIX = "inner/"  # scores on a fold's own selection split (Fold.select)
+# A run without folds writes its kept state's scores once more when it ends, so prefixed: the
+# score a sweep reports for it (launch/scale.py), never re-derived from its evaluations.
+SELECTED_PREFIX = "selected/"
 
 
 @dataclasses.dataclass
@@ -58,6 +61,9 @@ def run(config, workdir, mode="train"):
                  jax.device_count(), jax.process_count())
 
     data = prepare.prepare(config, task, announce=mode == "train")
+    # The run's transformed splits: every fold's training, evaluation and reference read them,
+    # each split transformed once (a fold's Subsets of a split read one transformed copy).
+    cache = pipeline.TransformCache(config.pipeline.cache_bytes, task.ID_FIELD, names=data.splits)
     # Only training adds to the run's history; the other modes report and write their files.
     writer = metrics.MetricWriter(workdir, enabled=mode == "train")
     try:
@@ -65,8 +71,8 @@ def run(config, workdir, mode="train"):
         logging.info("data: %s", ", ".join(f"{k}={v:g}" for k, v in sorted(report.items())))
         writer.write_summary(0, report)
         if mode == "predict" and config.data.get("candidates"):
-            return predict_candidates(config, workdir, task, mesh, data, writer)
-        results = [run_fold(config, workdir, mode, task, mesh, data, fold, writer)
+            return predict_candidates(config, workdir, task, mesh, data, writer, cache)
+        results = [run_fold(config, workdir, mode, task, mesh, data, fold, writer, cache)
                    for fold in task.folds(config, data)]
         if mode == "export":
             return {}
@@ -86,14 +92,14 @@ def run(config, workdir, mode="train"):
         writer.close()
 
 
-def predict_candidates(config, workdir, task, mesh, data, writer):
+def predict_candidates(config, workdir, task, mesh, data, writer, cache):
     """--mode=predict with `config.data.candidates`: the selected states answer another
     candidate file (e.g. MER-Prefer's stage-2 candidates) without retraining or rebuilding the
     dataset. Each fold's state is exported, then merjax.predict reads the file's clips with the
     builder's code and writes <workdir>/candidates/<file name>/answer.csv and answer.zip."""
     from merjax import predict  # the serving path: exports and the builder's reading code
     for fold in task.folds(config, data):
-        run_fold(config, workdir, "export", task, mesh, data, fold, writer)
+        run_fold(config, workdir, "export", task, mesh, data, fold, writer, cache)
     csv_path = os.path.abspath(config.data.candidates)
     out = os.path.join(workdir, "candidates", os.path.splitext(os.path.basename(csv_path))[0])
     if jax.process_index() == 0:
@@ -122,7 +128,7 @@ def check_batch_sizes(config, mesh):
                          f"{dict(mesh.shape)}: each micro-batch is split over every shard")
 
 
-def run_fold(config, workdir, mode, task, mesh, data, fold, writer):
+def run_fold(config, workdir, mode, task, mesh, data, fold, writer, cache):
     """Trains (or restores), selects, then exports, evaluates or predicts; one FoldResult.
 
     The task's linear reference is fitted first (train and evaluate; seconds) so its scores
@@ -134,8 +140,8 @@ def run_fold(config, workdir, mode, task, mesh, data, fold, writer):
     transform = task.make_transform(config, data)
     readout = task.reference(config, data)
     if config.model.name == readout.name:
-        return reference_fold(config, mode, task, data, fold, writer, readout, transform)
-    fitted = (fit_reference(config, task, data, fold, readout, transform)
+        return reference_fold(config, mode, task, data, fold, writer, readout, transform, cache)
+    fitted = (fit_reference(config, task, data, fold, readout, transform, cache)
               if mode in ("train", "evaluate") else None)
     ckpt = checkpoint.Checkpointer(fold_dir, keep=config.keep_checkpoints)
     # The state with the best selection score, when the task selects one (task.SELECT).
@@ -148,7 +154,7 @@ def run_fold(config, workdir, mode, task, mesh, data, fold, writer):
         # Statistics come from the data only for a fresh model; a restore brings its own.
         stats = task.input_stats(fold.train, config) if latest is None else None
         model_state = ModelState(config, mesh, task, data, stats, fold_index=fold.index)
-        evaluator = Evaluator(config, mesh, task, model_state, transform, fitted)
+        evaluator = Evaluator(config, mesh, task, model_state, transform, fitted, cache)
         scores = cached = None
         if mode == "train":
             state, step, scores, cached = train_fold(
@@ -174,6 +180,8 @@ def run_fold(config, workdir, mode, task, mesh, data, fold, writer):
         if scores is None or mode == "evaluate":  # evaluate always measures afresh
             scores, cached = measure(evaluator, task, data, fold, state)
             _log_scores(fold, step, scores, "selected state" if task.SELECT else "")
+        if mode == "train" and fold.index is None:  # folds: their cv/ means summarise them
+            writer.write_summary(step, {SELECTED_PREFIX + k: v for k, v in scores.items()})
         if fitted is not None:
             check_beats_reference(task, fold, scores)
         if mode == "evaluate" or fold.predict is None:
@@ -187,9 +195,10 @@ def run_fold(config, workdir, mode, task, mesh, data, fold, writer):
             best.close()
 
 
-def fit_reference(config, task, data, fold, readout, transform):
+def fit_reference(config, task, data, fold, readout, transform, cache):
     """The task's linear read-out fitted on the fold's train split, its penalty chosen on the
-    fold's selection split by the task's selection metric (or its first metric)."""
+    fold's selection split by the task's selection metric (or its first metric), reading the
+    run's transformed splits."""
     start = time.time()
     metric, direction = task.SELECT or (None, "max")
 
@@ -201,19 +210,20 @@ def fit_reference(config, task, data, fold, readout, transform):
                            fields=task.EVAL_FIELDS, id_field=task.ID_FIELD,
                            l2_grid=tuple(config.reference.l2), score=score,
                            higher_is_better=direction == "max",
-                           iterations=int(config.reference.iterations))
+                           iterations=int(config.reference.iterations),
+                           cache=cache)
     logging.info("%s: reference %s fitted in %.1f s", fold.name or "run", readout.name,
                  time.time() - start)
     return fitted
 
 
-def reference_fold(config, mode, task, data, fold, writer, readout, transform):
+def reference_fold(config, mode, task, data, fold, writer, readout, transform, cache):
     """The fold when the reference read-out is the model: fitted afresh in every mode (it is
     deterministic and takes seconds), nothing to checkpoint or export."""
     if mode == "export":
         raise ValueError(f"config.model.name={readout.name!r} is the reference read-out, "
                          f"refitted by every run; --mode=export serves trained models")
-    fitted = fit_reference(config, task, data, fold, readout, transform)
+    fitted = fit_reference(config, task, data, fold, readout, transform, cache)
     scores = task.eval_metrics(*fitted.outputs(fold.validation)[1:], data)
     if fold.select is not None:
         scores.update(task.eval_metrics(*fitted.outputs(fold.select)[1:], data,
@@ -271,7 +281,9 @@ def train_fold(config, task, data, fold, model_state, evaluator, ckpt, best, wri
     costs.peak_flops(config.model.get("dtype", "float32"), model_state.mesh.size)
     train_iter = pipeline.train_iterator(
         fold.train, evaluator.transform, global_batch_size=config.batch_size,
-        seed=model_state.data_seed, **config.pipeline)
+        seed=model_state.data_seed, cache=evaluator.cache,
+        read_threads=config.pipeline.read_threads,
+        prefetch_batches=config.pipeline.prefetch_batches)
     latest, scores = ckpt.latest_step(), None
     if latest is None:
         state, step = model_state.init(), 0
@@ -341,19 +353,20 @@ class Evaluator:
 
     `evaluator(state, source)` returns (ids, outputs, kept fields) in split order, gathered
     from every process; padding added to the last batch is masked out. With a fitted
-    reference, kept["reference"] holds its outputs for the same examples.
+    reference, kept["reference"] holds its outputs for the same examples. With `cache` (the
+    run's pipeline.TransformCache), a split it holds is transformed once, not per evaluation.
     """
 
-    def __init__(self, config, mesh, task, model_state, transform, reference=None):
+    def __init__(self, config, mesh, task, model_state, transform, reference=None, cache=None):
         self.config, self.mesh, self.task, self.transform = config, mesh, task, transform
         self.eval_step = model_state.eval_step()
-        self.reference = reference
+        self.reference, self.cache = reference, cache
 
     def __call__(self, state, source):
         task, local_ids, parts = self.task, {}, []
         for local, batch_ids in pipeline.eval_batches(
                 source, self.transform, global_batch_size=self.config.eval_batch_size,
-                id_field=task.ID_FIELD):
+                id_field=task.ID_FIELD, cache=self.cache):
             local_ids.update(zip(local["index"][:len(batch_ids)].tolist(), batch_ids))
             batch = sharding.to_global(local, self.mesh, self.config)
             out = self.eval_step(state, batch)
@@ -366,9 +379,11 @@ class Evaluator:
         rows = {k: v[order] for k, v in rows.items()}
         if len(rows["index"]) != len(source) or np.any(rows["index"] != np.arange(len(source))):
             raise RuntimeError(f"Evaluation saw {len(rows['index'])} of {len(source)} examples")
-        # Ids of examples another process evaluated are read back from the source.
-        ids = [local_ids[i] if i in local_ids else pipeline.decode_id(source[i], task.ID_FIELD)
-               for i in rows["index"].tolist()]
+        # Ids of examples another process evaluated: from the cache, else read from the source.
+        cached = None if self.cache is None else self.cache.get(source, self.transform,
+                                                                 task.ID_FIELD)
+        ids = [local_ids[i] if i in local_ids else cached.id(i) if cached is not None else
+               pipeline.decode_id(source[i], task.ID_FIELD) for i in rows["index"].tolist()]
         if self.reference is not None:
             rows["reference"] = self.reference.outputs(source)[1]
         return ids, rows.pop("out"), rows
@@ -571,7 +586,9 @@ class ModelState:
         if key not in _COMPILED:
             if len(_COMPILED) >= _COMPILED_KEPT:  # bounded: a test session runs many programs
                 _COMPILED.pop(next(iter(_COMPILED)))
-            traced = self.train_step().trace(state, batch, self.dropout_key)
+            # Traced under the mesh: a layer may size its work by the devices (layers.attend).
+            with jax.set_mesh(self.mesh):
+                traced = self.train_step().trace(state, batch, self.dropout_key)
             compiled = traced.lower().compile(options or None)
             sharding.log_memory(compiled)
             _COMPILED[key] = compiled, costs.train_step_costs(
@@ -656,4 +673,10 @@ class ModelState:
             if len(_COMPILED) >= _COMPILED_KEPT:
                 _COMPILED.pop(next(iter(_COMPILED)))
             _COMPILED[key] = jax.jit(step)
-        return _COMPILED[key]
+        jitted, mesh = _COMPILED[key], self.mesh
+
+        def run(state, batch):
+            with jax.set_mesh(mesh):  # traced under the mesh, as the train step is
+                return jitted(state, batch)
+
+        return run

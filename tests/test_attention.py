@@ -1,8 +1,8 @@
-"""layers.Attention (a custom-VJP attention in query blocks) against the formula it replaced:
-jax.nn.dot_product_attention on the same projections, outputs and gradients (x and the four
-kernels), float32 to rounding and bfloat16 loosely, in one block and in several padded ones, with
-a masked batch holding an example whose keys are all masked; and under a (data, model) mesh,
-where the blocks must not gather the batch."""
+"""layers.Attention (a custom-VJP attention in groups of examples) against the formula it
+replaced: jax.nn.dot_product_attention on the same projections, outputs and gradients (x and the
+four kernels), float32 to rounding and bfloat16 loosely, in one group and in several, with a
+masked batch holding an example whose keys are all masked; and under a (data, model) mesh, where
+the groups must not gather the batch."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -62,10 +62,10 @@ def values_and_grads(fn, x, mask, params, dtype):
     return y, grads
 
 
-@pytest.mark.parametrize("block_bytes", [layers._BLOCK_BYTES, 3000], ids=["one_block", "blocks"])
+@pytest.mark.parametrize("group_bytes", [layers._GROUP_BYTES, 3000], ids=["one_group", "groups"])
 @pytest.mark.parametrize("shape", [(3, 13, 8, 2), (4, 30, 24, 3)], ids=str)
-def test_float32_equals_dot_product_attention(shape, block_bytes, monkeypatch):
-    monkeypatch.setattr(layers, "_BLOCK_BYTES", block_bytes)
+def test_float32_equals_dot_product_attention(shape, group_bytes, monkeypatch):
+    monkeypatch.setattr(layers, "_GROUP_BYTES", group_bytes)
     batch, length, width, heads = shape
     x, mask, params = inputs(*shape)
     y, (dx, dparams) = values_and_grads(attention, x, mask, params, jnp.float32)
@@ -79,24 +79,33 @@ def test_float32_equals_dot_product_attention(shape, block_bytes, monkeypatch):
         assert_close(dparams[name], dparams_ref[name], err_msg=name)
 
 
-def test_blocks_split_and_pad_the_queries(monkeypatch):
+def spy_groups(monkeypatch):
+    """The group counts layers.attend chooses, in call order."""
     seen = []
     real = layers._attend
     monkeypatch.setattr(layers, "_attend", lambda *a: seen.append(a[-1]) or real(*a))
-    monkeypatch.setattr(layers, "_BLOCK_BYTES", 3000)
+    return seen
+
+
+def test_groups_hold_strided_examples(monkeypatch):
+    seen = spy_groups(monkeypatch)
+    monkeypatch.setattr(layers, "_GROUP_BYTES", 25_000)
     x, mask, params = inputs(4, 30, 24, 3)
     attention(x, mask, params, jnp.float32)
-    # 4 x 3 x 30 x 30 float32 logits = 43,200 bytes: 15 blocks of 2 rows under 3,000 bytes.
-    assert seen == [15]
-    q = jnp.arange(2 * 3 * 7 * 2, dtype=jnp.float32).reshape(2, 3, 7, 2)
-    blocks = layers._blocks(q, 3)
-    assert blocks.shape == (3, 2, 3, 3, 2)
-    assert float(blocks[2, :, :, 1:].sum()) == 0  # the padded query rows
-    np.testing.assert_array_equal(layers._unblocks(blocks, 7), q)
+    # 3 x 30 x 30 float32 logits = 10,800 bytes an example: 2 examples fill 25,000 bytes.
+    assert seen == [2]
+    # Groups of the fewest examples that fill the budget (2 of 10,000 bytes) and divide the batch.
+    assert layers._groups(6, 10_000) == 3 and layers._groups(12, 10_000) == 6
+    assert layers._groups(5, 10_000) == 1  # 2 examples fill it, but only 5 divides 5
+    t = jnp.arange(6 * 2, dtype=jnp.float32).reshape(6, 2)
+    grouped = layers._group(t, 3)
+    assert grouped.shape == (3, 2, 2)
+    np.testing.assert_array_equal(grouped[1], t[np.array([1, 4])])  # group 1: examples 1, 1 + 3
+    np.testing.assert_array_equal(layers._ungroup(grouped), t)
 
 
 def test_bfloat16_within_bfloat16_tolerance(monkeypatch):
-    monkeypatch.setattr(layers, "_BLOCK_BYTES", 3000)
+    monkeypatch.setattr(layers, "_GROUP_BYTES", 3000)
     x, mask, params = inputs(4, 30, 24, 3)
     y, (dx, dparams) = values_and_grads(attention, x, mask, params, jnp.bfloat16)
     y_ref, (dx_ref, dparams_ref) = values_and_grads(reference, x, mask, params, jnp.bfloat16)
@@ -115,10 +124,11 @@ def test_bfloat16_within_bfloat16_tolerance(monkeypatch):
 
 
 def test_sharded_batch_and_heads_match_and_gather_nothing(monkeypatch):
-    monkeypatch.setattr(layers, "_BLOCK_BYTES", 3000)
+    seen = spy_groups(monkeypatch)
+    monkeypatch.setattr(layers, "_GROUP_BYTES", 3000)
     mesh = jax.make_mesh((4, 1, 2), sharding.MESH_AXES,
                          axis_types=(jax.sharding.AxisType.Auto,) * 3)
-    x, mask, params = inputs(8, 30, 24, 2)
+    x, mask, params = inputs(32, 30, 24, 2)
     specs = dict(q=P(None, "model"), k=P(None, "model"), v=P(None, "model"), out=P("model"))
     put = jax.device_put
     x_s, mask_s = put(x, NamedSharding(mesh, P("data"))), put(mask, NamedSharding(mesh, P("data")))
@@ -131,7 +141,9 @@ def test_sharded_batch_and_heads_match_and_gather_nothing(monkeypatch):
     with jax.set_mesh(mesh):
         hlo = step.lower(x_s, params_s).compile().as_text()
         value, (dx, dparams) = step(x_s, params_s)
-    # A scan over a sharded axis would all-gather it (every device computing every example).
+    # 32 examples over 8 devices: each device maps over its 4, one at a time. A map over the
+    # sharded axis would all-gather it (every device computing every example).
+    assert seen[0] == 4
     assert "all-gather" not in hlo
     ref_value, (dx_ref, dparams_ref) = jax.jit(jax.value_and_grad(
         lambda x, p: jnp.sum(jnp.sin(reference(x, mask, p, jnp.float32))), argnums=(0, 1)))(
@@ -143,7 +155,7 @@ def test_sharded_batch_and_heads_match_and_gather_nothing(monkeypatch):
 
 
 def test_exports_with_a_symbolic_batch():
-    """merjax/export.py exports predict with a symbolic batch: the block count cannot read it."""
+    """merjax/export.py exports predict with a symbolic batch: the group count cannot read it."""
     x, mask, params = inputs(4, 30, 24, 3)
     batch = jax.export.symbolic_shape("b")[0]
     exported = jax.export.export(jax.jit(lambda x, mask: attention(x, mask, params, jnp.float32)))(

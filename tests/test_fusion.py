@@ -1,12 +1,14 @@
 """Fusion transformer: shapes for feature and raw inputs, masking, modality dropout, sharding."""
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from einops import rearrange
 from flax import nnx
 
 from configs import common
 from merjax import sharding
-from merjax.models import fusion, text
+from merjax.models import fusion, layers, text
 
 FEATURES = {"audio": ("dense", 12, 1), "text": ("dense", 16, 1), "video": ("dense", 8, 3)}
 RAW = {"audio": ("mel", 10, 16), "faces": ("faces", 16, 4), "text": ("bytes", 0, 24)}
@@ -62,6 +64,29 @@ def _copy_positions(src, dst, name, length):
     state["positions"][name]["table"] = nnx.Param(
         table.at[:length].set(src.positions[name].table[...]))
     return state
+
+
+def test_face_stem_projects_each_patch_with_its_kernel_rows():
+    """The stem contracts patches in place; the same as gathering each patch's (p, q, c) pixels
+    into a row for its kernel (the layout checkpoints hold)."""
+    with nnx.use_eager_sharding(False):
+        stem = fusion.FaceStem(16, 32, patch=8, rngs=nnx.Rngs(0))
+    faces = np.random.default_rng(0).integers(0, 256, (2, 3, 16, 16, 3), dtype=np.uint8)
+    rows = rearrange(faces.astype(np.float32) / 255.0 - 0.5,
+                     "b k (h p) (w q) c -> b k (h w) (p q c)", p=8, q=8)
+    expected = stem.norm(stem.out(jax.nn.gelu(stem.patches(jnp.asarray(rows))).mean(axis=2)))
+    tokens, _ = stem(faces, np.ones((2, 3), bool))
+    np.testing.assert_allclose(tokens, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_wide_path_mean_standardises_the_mean():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(3, 2, (4, 7, 5)), jnp.float32)
+    mask = jnp.asarray(rng.uniform(size=(4, 7)) < 0.5).at[0].set(False)  # example 0: no step
+    standardize = layers.Standardize(5, (rng.normal(size=5), rng.uniform(1, 2, 5)))
+    pooled = fusion.standardized_mean(standardize, x, mask)
+    np.testing.assert_allclose(pooled, fusion.masked_mean(standardize(x), mask), atol=1e-6)
+    assert not np.asarray(pooled[0]).any()
 
 
 def test_every_modality_reaches_the_logits():

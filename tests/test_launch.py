@@ -200,9 +200,11 @@ def test_a_points_row_from_its_metrics(tmp_path):
             "cost/mesh_data": 4.0, "cost/mesh_fsdp": 2.0, "cost/mesh_model": 1.0}
     evals = [{"step": 10, "val/mae": 30.0, "inner/mae": 20.0},
              {"step": 20, "val/mae": 25.0, "inner/mae": 22.0}]  # the state of step 10 is kept
+    kept = {"step": 10, "selected/val/mae": 30.0, "selected/inner/mae": 20.0}  # the loop's row
     perf = [{"step": s, "perf/steps_per_s": r} for s, r in ((5, 1.0), (10, 4.0), (15, 5.0),
                                                               (20, 2.0))]
-    _write_metrics(tmp_path / "done", [cost, perf[0], perf[1], evals[0], *perf[2:], evals[1]])
+    _write_metrics(tmp_path / "done", [cost, perf[0], perf[1], evals[0], *perf[2:], evals[1],
+                                       kept])
     row = scale.row(str(tmp_path / "done"), "done", batch=16, total_steps=20,
                     select=("mae", "min"), size="M")
     step_time = (1 / 4 + 1 / 5 + 1 / 2) / 3  # the first flush (warm-up) left out
@@ -212,12 +214,18 @@ def test_a_points_row_from_its_metrics(tmp_path):
                        mfu=pytest.approx(2e9 / step_time / 1e11),
                        peak_memory_bytes_per_device=5000000, score_name="val/mae", score=30.0,
                        note="")
-    # Cross-validated: the summary's mean; with a larger-is-better metric and no inner split,
-    # the best validation score.
+    # Cross-validated: the summary's mean. Not: the kept state's row, the last one written (a
+    # rerun writes it again); none before the run ends, whatever its evaluations say.
     assert scale.final_score([{"step": 5, "fold": 0, "val/waf": 0.5},
                               {"step": 5, "cv/waf": 0.6}], ("waf", "max")) == ("cv/waf", 0.6)
-    assert scale.final_score([{"step": 5, "val/waf": 0.7}, {"step": 9, "val/waf": 0.6}],
-                             ("waf", "max")) == ("val/waf", 0.7)
+    assert scale.final_score([{"step": 5, "val/waf": 0.7}, {"step": 9, "val/waf": 0.6},
+                              {"step": 5, "selected/val/waf": 0.7},
+                              {"step": 9, "selected/val/waf": 0.65}],
+                             ("waf", "max")) == ("val/waf", 0.65)
+    assert scale.final_score([{"step": 5, "val/waf": 0.7}], ("waf", "max")) == (None, None)
+    # A task that selects nothing keeps its last state: its first validation score.
+    assert scale.final_score([{"step": 9, "selected/val/f1": 0.4, "selected/val/acc": 0.5}],
+                             None) == ("val/acc", 0.5)
     # Stopped halfway, and never started.
     _write_metrics(tmp_path / "half", [cost, perf[0], perf[1]])
     half = scale.row(str(tmp_path / "half"), "half", 16, 20, ("mae", "min"))

@@ -1,7 +1,12 @@
-"""Input pipeline: padded and masked eval batches, seeded train order, iterator resume."""
+"""Input pipeline: padded and masked eval batches, seeded train order, iterator resume, a run's
+cache of transformed splits."""
+import collections
+
+import jax
 import numpy as np
 import pytest
 
+from merjax import reference
 from merjax.data import pipeline, transforms
 
 
@@ -100,12 +105,110 @@ def test_a_transform_of_changing_shape_is_refused_by_name(cache_bytes):
         return dict(x=np.zeros(3 + (example["y"] == 4), np.float32))
 
     # Batches of 2: streamed, example 4 is checked against example 0 in whichever batch it is.
-    with pytest.raises(ValueError, match=r"training example 4: field 'x' has shape \(4,\), "
+    with pytest.raises(ValueError, match=r"example 4: field 'x' has shape \(4,\), "
                                          r"the first example's is \(3,\)"):
         it = pipeline.train_iterator(_source(6), ragged, global_batch_size=2, seed=0,
                                      cache_bytes=cache_bytes)
         for _ in range(3):  # one epoch
             next(it)
+
+
+class _Counting:
+    """The test transform, counting its calls per example."""
+
+    def __init__(self):
+        self.calls = collections.Counter()
+
+    def __call__(self, example):
+        self.calls[int(example["y"])] += 1
+        return _transform(example)
+
+
+def _assert_same_batches(got, want):
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key].dtype == b[key].dtype, key
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_a_run_cache_transforms_each_example_once_for_every_fold_and_reader():
+    source = _source(11)
+    # Two folds over one split: each trains on one half and validates on the other.
+    halves = np.arange(0, 11, 2), np.arange(1, 11, 2)
+    folds = [(pipeline.Subset(source, halves[1 - k]), pipeline.Subset(source, halves[k]))
+             for k in range(2)]
+    readout = reference.Readout(name="r", kind="ridge", features=lambda batch: batch["x"],
+                                target=None, output=None, num_outputs=1)
+
+    def run(transform, cache):
+        """What a run's folds read: train batches (past an epoch), two evaluations, the
+        reference's rows."""
+        own = dict(cache=cache) if cache else dict(cache_bytes=0)
+        out = []
+        for k, (train, validation) in enumerate(folds):
+            it = pipeline.train_iterator(train, transform, global_batch_size=4, seed=k, **own)
+            out += [next(it) for _ in range(4)]
+            for _ in range(2):
+                for batch, ids in pipeline.eval_batches(validation, transform, global_batch_size=4,
+                                                        cache=cache):
+                    out.append(dict(batch, ids=np.array(ids)))
+            for split in (train, validation):
+                ids, x, rows = reference.read(readout, split, transform, ("y",), "sample_id",
+                                              chunk=4, cache=cache)
+                out.append(dict(rows, x=x, ids=np.array(ids)))
+        return out
+
+    counting = _Counting()
+    cached = run(counting, pipeline.TransformCache(1 << 20, id_field="sample_id"))
+    assert counting.calls == {i: 1 for i in range(11)}
+    _assert_same_batches(cached, run(_transform, None))
+
+
+@pytest.mark.parametrize("process_index,process_count", [(0, 1), (0, 2), (1, 2)])
+def test_cached_eval_batches_are_the_streamed_ones(monkeypatch, process_index, process_count):
+    monkeypatch.setattr(jax, "process_index", lambda: process_index)
+    monkeypatch.setattr(jax, "process_count", lambda: process_count)
+    # 7 of 21 examples in batches of 4 (one process) or of 3 a process (4 and 3 examples): the
+    # last batch is padded, process 1's only padding (the masked template).
+    source = pipeline.Subset(_source(21), np.arange(3, 17, 2))
+    batch_size = 4 if process_count == 1 else 6
+
+    def batches(cache):
+        return [dict(batch, ids=np.array(ids)) for batch, ids in pipeline.eval_batches(
+            source, _transform, global_batch_size=batch_size, cache=cache)]
+
+    cache = pipeline.TransformCache(1 << 20, id_field="sample_id")
+    cached, streamed = batches(cache), batches(None)
+    assert cache.get(source, _transform) is not None and len(cached) == 2
+    real_rows = {(0, 1): 3, (0, 2): 1, (1, 2): 0}[process_index, process_count]
+    assert cached[-1]["mask"].sum() == real_rows
+    _assert_same_batches(cached, streamed)
+
+
+def test_splits_over_the_budget_left_are_transformed_per_batch():
+    transform = _Counting()
+    held, over = _source(12), [dict(e, y=100 + e["y"]) for e in _source(12)]
+    example_bytes = sum(v.nbytes for v in _transform(held[0]).values())
+    # Room for one split, not two: the first one read is held, the other streamed.
+    cache = pipeline.TransformCache(int(1.5 * 12 * example_bytes), id_field="sample_id")
+    for split in (held, over):
+        list(pipeline.eval_batches(split, transform, global_batch_size=4, cache=cache))
+    assert cache.get(held, transform) is not None and cache.get(over, transform) is None
+    # The streamed split's first example sized it; the evaluation read every example.
+    assert transform.calls == {**{i: 1 for i in range(12)}, 100: 2,
+                               **{100 + i: 1 for i in range(1, 12)}}
+    for split in (held, over):
+        it = pipeline.train_iterator(split, transform, global_batch_size=4, seed=0, cache=cache)
+        for _ in range(6):  # two epochs
+            next(it)
+    assert all(transform.calls[i] == 1 for i in range(12))
+    # (Read-ahead may have transformed more.)
+    assert all(transform.calls[100 + i] >= 3 for i in range(12))
+    with pytest.raises(ValueError, match="cache_bytes .* or a cache"):
+        pipeline.train_iterator(held, transform, global_batch_size=4, seed=0, cache=cache,
+                                cache_bytes=1)
 
 
 def test_pad_batch_rejects_overflow_and_empty():

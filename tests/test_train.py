@@ -65,6 +65,13 @@ def test_run_writes_checkpoints_metrics_tensorboard_and_submission(full_run):
                 "val/prior_mae"):
         assert key in final
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    # The kept state's scores, written once more when the run ends (what a sweep reports):
+    # the state with the best inner-subject MAE, the earliest of equals.
+    best = min((m for m in _metrics(workdir) if "inner/mae" in m), key=lambda m: m["inner/mae"])
+    (kept,) = [m for m in _metrics(workdir) if "selected/val/mae" in m]
+    assert kept["step"] == best["step"] and "fold" not in kept
+    assert kept["selected/val/mae"] == pytest.approx(best["val/mae"])
+    assert kept["selected/val/mae"] == pytest.approx(scores["val/mae"])
 
     rows = _predictions(workdir)
     assert rows[0] == ["sample_id", "valence", "arousal"]

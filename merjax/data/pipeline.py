@@ -1,16 +1,18 @@
 """grain input pipelines over prepared TFDS data sources, one process's share at a time.
 
 Training: a seeded permutation of the whole split each epoch -> global batches -> this process's
-rows of each, transformed (gathered from the split transformed once in memory when it fits
-`config.pipeline.cache_bytes`). The iterator's position is checkpointable (checkpoint.py saves
-it).
+rows of each, transformed. The iterator's position is checkpointable (checkpoint.py saves it).
 Evaluation: every example of the split exactly once, in order, padded and masked in the last
 batch; every process runs the same number of batches so none waits alone in a collective.
+A run's `TransformCache` transforms each split that fits `config.pipeline.cache_bytes` once, for
+every fold's training, evaluation and reference read-out; a split that does not fit is read and
+transformed per batch.
 """
 import functools
 import math
 import os
 import time
+from typing import NamedTuple
 
 import grain
 import jax
@@ -48,7 +50,8 @@ class Subset:
 
 
 def train_iterator(source, transform, *, global_batch_size, seed, process_index=None,
-                   process_count=None, cache_bytes=0, read_threads=1, prefetch_batches=4):
+                   process_count=None, cache_bytes=0, cache=None, read_threads=1,
+                   prefetch_batches=4):
     """An endless, checkpointable iterator of this process's training batches.
 
     The order is global: epoch e visits the split in a seeded permutation of its own, and the
@@ -58,35 +61,39 @@ def train_iterator(source, transform, *, global_batch_size, seed, process_index=
 
     One grain element is one batch, not one example: grain's per-element map and shuffle cost
     ~30-900 us an element here (the shuffle more on short splits), several times the train step
-    of a small model. With `cache_bytes`, a split whose transformed examples fit in that many
-    bytes is transformed once, here, into stacked arrays, and a batch is one gather from them
-    (transforms are pure functions of the example). A larger split is read and transformed per
+    of a small model. When `cache` (a TransformCache: the run's, shared with evaluation and the
+    other folds; without one, this iterator's own of `cache_bytes` bytes) holds the split, a
+    batch is one gather from its transformed arrays. Otherwise it is read and transformed per
     batch in `read_threads` threads, at most `prefetch_batches` batches ahead (grain's default
-    of 500 elements held 5 GB of raw MER-Cross batches). The position (a batch count) is
-    checkpointed by checkpoint.py through grain.
+    of 500 elements held 5 GB of raw MER-Cross batches); either way the batches are the same.
+    The position (a batch count) is checkpointed by checkpoint.py through grain.
     """
     if len(source) == 0:
         raise ValueError("The training split is empty")
+    if cache is not None and cache_bytes:
+        raise ValueError(f"train_iterator takes cache_bytes (for a cache of its own) or a cache "
+                         f"(which has its budget), not both; found cache_bytes={cache_bytes}")
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     per_process = local_batch_size(global_batch_size, process_count)
     order = EpochOrder(len(source), seed)
+    cache = TransformCache(cache_bytes) if cache is None else cache
+    cached = cache.get(source, transform)
     # Every batch has the first example's fields, shapes and dtypes (one compiled step).
-    first = transform(source[0])
-    arrays = materialise(source, transform, first, cache_bytes)
+    first = cache.first(source, transform)
 
     def batch(b):
         start = b * global_batch_size + process_index * per_process
         rows = order.indices(start, start + per_process)
-        if arrays is not None:
-            return {name: column[rows] for name, column in arrays.items()}
+        if cached is not None:
+            return cached.take(rows)
         return stack([transform(source[int(i)]) for i in rows], rows, first)
 
     # range(2**62): endless for any run, and random access, so grain checkpoints the position.
     ds = grain.MapDataset.range(2 ** 62).map(batch)
     # A gather (~10 us) runs best in the calling thread (a prefetch thread's hand-off costs more
     # than it); reading and transforming overlap the train step in threads.
-    options = (grain.ReadOptions(num_threads=0) if arrays is not None else
+    options = (grain.ReadOptions(num_threads=0) if cached is not None else
                grain.ReadOptions(num_threads=max(1, int(read_threads)),
                                  prefetch_buffer_size=max(1, int(prefetch_batches))))
     return iter(ds.to_iter_dataset(options))
@@ -117,46 +124,128 @@ class EpochOrder:
         return out
 
 
-def materialise(source, transform, first, cache_bytes):
-    """{field: [N, ...] array} of every transformed example (`first`: the first one), or None
-    when the split would take more than `cache_bytes` (-1: a quarter of this host's physical
-    memory)."""
-    if cache_bytes == -1:
-        cache_bytes = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
-    size = sum(np.asarray(v).nbytes for v in first.values()) * len(source)
-    if size > cache_bytes:
-        logging.info("training split of %d examples (%.2f GB transformed) read per batch: over "
-                     "config.pipeline.cache_bytes=%d", len(source), size / 1e9, cache_bytes)
-        return None
-    arrays = empty_like(first, len(source))
-    start = time.perf_counter()
-    for i in range(len(source)):
-        put(arrays, i, first if i == 0 else transform(source[i]), i)
-    logging.info("training split of %d examples transformed into memory (%.2f GB) in %.1f s",
-                 len(source), size / 1e9, time.perf_counter() - start)
-    return arrays
+class TransformCache:
+    """Splits transformed once into memory, then gathered from by every reader: in a run (one
+    cache, made by train.run), each fold's training, evaluation and reference read-out.
+
+    Valid because a task's transform is a pure function of the example (merjax/tasks/__init__.py):
+    the transforms a run makes for its folds are one function, so whichever transforms a split,
+    each reader gets what its own transform would give. Keyed by the underlying split: a
+    `Subset` (a cross-validation fold) is its rows of its source's arrays, so the folds share one
+    copy. A split is transformed whole, also by a process that evaluates only its slice of it
+    (each process trains on rows from anywhere in the split).
+
+    `cache_bytes` bounds all the splits held together, per process (-1: a quarter of this host's
+    physical memory; 0: none): a split is held if it fits what the splits read before it left;
+    one that does not is never held, and its readers transform it per batch as without a cache.
+    `id_field`: the field whose decoded value is kept per example for evaluation's ids (None:
+    no ids). `names`: {name: split}, for the log.
+    """
+
+    def __init__(self, cache_bytes, id_field=None, names=None):
+        if cache_bytes == -1:
+            cache_bytes = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+        self.budget, self.used, self.id_field = int(cache_bytes), 0, id_field
+        self._names = {id(split): name for name, split in (names or {}).items()}
+        self._splits = {}  # id(split) -> (split, _Entry); holding the split keeps its id its own
+
+    def get(self, source, transform, id_field=None):
+        """`source` (a split or a Subset of one) as a `Cached` view of its split's arrays; None
+        when the split is not held. The split is transformed with `transform` on first use.
+        `id_field`: the field whose ids the caller reads from the view (the cache's own)."""
+        if id_field is not None and id_field != self.id_field:
+            raise ValueError(f"the cache keeps the ids of field {self.id_field!r}; its reader "
+                             f"asks for {id_field!r}")
+        split, rows = _underlying(source)
+        entry = self._entry(split, transform)
+        return None if entry.arrays is None else Cached(entry.arrays, entry.ids, rows)
+
+    def first(self, source, transform):
+        """The first transformed example of `source`'s split: the fields, shapes and dtypes every
+        example of it has."""
+        return self._entry(_underlying(source)[0], transform).first
+
+    def _entry(self, split, transform):
+        if id(split) not in self._splits:
+            self._splits[id(split)] = (split, self._load(split, transform))
+        return self._splits[id(split)][1]
+
+    def _load(self, split, transform):
+        name = f"{self._names[id(split)]} split" if id(split) in self._names else "split"
+        if not len(split):
+            return _Entry(None, None, None)
+        raw = split[0]
+        first = transform(raw)
+        size = sum(np.asarray(v).nbytes for v in first.values()) * len(split)
+        if self.used + size > self.budget:
+            logging.info("%s of %d examples (%.2f GB transformed) read per batch: over "
+                         "config.pipeline.cache_bytes=%d (%.2f GB of it hold other splits)", name,
+                         len(split), size / 1e9, self.budget, self.used / 1e9)
+            return _Entry(first, None, None)
+        arrays, ids = empty_like(first, len(split)), [] if self.id_field else None
+        start = time.perf_counter()
+        for i in range(len(split)):
+            example = raw if i == 0 else split[i]
+            put(arrays, i, first if i == 0 else transform(example), f"{name} example {i}")
+            if ids is not None:
+                ids.append(decode_id(example, self.id_field))
+        self.used += size
+        logging.info("%s of %d examples transformed into memory (%.2f GB; %.2f GB of "
+                     "config.pipeline.cache_bytes=%d held) in %.1f s", name, len(split),
+                     size / 1e9, self.used / 1e9, self.budget, time.perf_counter() - start)
+        return _Entry(first, arrays, ids)
 
 
-def put(arrays, row, example, index):
-    """arrays[name][row] = example[name] for the split's example `index`, refusing what would
-    broadcast or leave a field out."""
+class _Entry(NamedTuple):
+    first: dict | None  # the split's first transformed example (None: an empty split)
+    arrays: dict | None  # {field: [N, ...]} of every example, or None: not held
+    ids: list | None
+
+
+class Cached(NamedTuple):
+    """A source's transformed examples: rows `rows` of its split's arrays (and ids)."""
+    arrays: dict  # {field: [N, ...]}: the whole split's
+    ids: list | None  # the whole split's decoded ids (TransformCache.id_field)
+    rows: np.ndarray  # [len(source)] positions of the source's examples in the split
+
+    def take(self, positions):
+        """{field: value}: the source's examples at `positions` (an index array: a batch, one
+        gather per field) or its example at one position."""
+        at = self.rows[positions]
+        return {name: column[at] for name, column in self.arrays.items()}
+
+    def id(self, position):
+        """The decoded id of the source's example at `position`."""
+        return self.ids[self.rows[position]]
+
+
+def _underlying(source):
+    """(the split under `source`'s Subsets, the positions of source's examples in it)."""
+    rows = np.arange(len(source))
+    while isinstance(source, Subset):
+        rows, source = source.indices[rows], source.source
+    return source, rows
+
+
+def put(arrays, row, example, what):
+    """arrays[name][row] = example[name] for the transformed example `what` names ("training
+    example 4"), refusing what would broadcast or leave a field out."""
     if example.keys() != arrays.keys():
-        raise ValueError(f"training example {index} has fields {sorted(example)}; the first "
-                         f"had {sorted(arrays)}")
+        raise ValueError(f"{what} has fields {sorted(example)}; the first had {sorted(arrays)}")
     for name, value in example.items():
         if np.shape(value) != arrays[name].shape[1:]:
-            raise ValueError(f"training example {index}: field {name!r} has shape "
-                             f"{np.shape(value)}, the first example's is "
-                             f"{arrays[name].shape[1:]} (transforms must give fixed shapes)")
+            raise ValueError(f"{what}: field {name!r} has shape {np.shape(value)}, the first "
+                             f"example's is {arrays[name].shape[1:]} (transforms must give "
+                             f"fixed shapes)")
         arrays[name][row] = value
 
 
 def stack(examples, indices, first):
-    """One batch of the transformed examples `indices`, checked against the split's first
-    example as materialise() checks them."""
+    """One batch of the transformed training examples `indices`, checked against the split's
+    first example as a cached split's examples are."""
     arrays = empty_like(first, len(examples))
     for row, (example, index) in enumerate(zip(examples, indices)):
-        put(arrays, row, example, index)
+        put(arrays, row, example, f"training example {index}")
     return arrays
 
 
@@ -173,27 +262,37 @@ def num_eval_batches(num_examples, global_batch_size, process_count=None):
     return max(1, math.ceil(largest_share / per_process))
 
 
-def eval_batches(source, transform, *, global_batch_size, id_field="sample_id"):
+def eval_batches(source, transform, *, global_batch_size, id_field="sample_id", cache=None):
     """Yields (batch, ids): padded numpy batches with `mask` and `index`, and their sample ids.
 
     `index` is the example's position in the split, so gathered results can be put back in order.
+    When `cache` (a TransformCache keeping `id_field`) holds the split, the examples and ids are
+    read from it, as the same batches.
     """
     per_process = local_batch_size(global_batch_size)
+    cached = None if cache is None else cache.get(source, transform, id_field)
     ds = process_slice(source)
     indices = np.arange(len(source))[jax.process_index()::jax.process_count()]
+
+    def read(i):
+        """(transformed example, id) of this process's example i."""
+        if cached is not None:
+            return cached.take(indices[i]), cached.id(indices[i])
+        example = ds[i]
+        return transform(example), decode_id(example, id_field)
+
     n_batches = num_eval_batches(len(source), global_batch_size)
     for b in range(n_batches):
         lo, hi = b * per_process, min((b + 1) * per_process, len(ds))
         rows, ids = [], []
         for i in range(lo, hi):
-            example = ds[i]
-            ids.append(decode_id(example, id_field))
-            row = transform(example)
+            row, name = read(i)
+            ids.append(name)
             row["index"] = np.int32(indices[i])
             rows.append(row)
         if not rows:
             # This process ran out before the others; a fully masked batch keeps them in step.
-            template = transform(ds[0])
+            template = read(0)[0]
             template["index"] = np.int32(0)
             batch = transforms.pad_batch([template], per_process)
             batch["mask"][:] = False

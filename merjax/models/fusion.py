@@ -49,13 +49,25 @@ class DenseStem(nnx.Module):
 
     def pooled(self, x, mask):
         """[B, D]: the standardised input averaged over its real steps (0 when missing)."""
-        return masked_mean(self.standardize(x), mask)
+        return standardized_mean(self.standardize, x, mask)
 
 
 def masked_mean(x, mask):
-    """[B, T, D] -> [B, D], the mean over the steps where `mask` [B, T]; 0 where none."""
-    weights = mask.astype(x.dtype)[..., None]
-    return (x * weights).sum(axis=1) / jnp.maximum(weights.sum(axis=1), 1.0)
+    """[B, T, D] -> [B, D], the mean over the steps where `mask` [B, T]; 0 where none.
+    A product with the mask, not a sum of x * mask: XLA:CPU materialised the [B, T, D]
+    broadcast of the mask for that (raw MER-Cross audio: 8 MB; this stem and mean 10.7 -> 8.4
+    ms fwd+bwd)."""
+    weights = mask.astype(x.dtype)
+    count = jnp.maximum(weights.sum(axis=1), 1.0)[:, None]
+    return (jnp.einsum("btd,bt->bd", x, weights, preferred_element_type=jnp.float32)
+            / count).astype(x.dtype)
+
+
+def standardized_mean(standardize, x, mask):
+    """masked_mean(standardize(x), mask), standardising the mean instead of every step (it is
+    affine): one pass over x, where the stem's own standardised copy was a second full pass
+    (XLA computes it again for each consumer; 8 MB a raw MER-Cross batch)."""
+    return jnp.where(mask.any(axis=1)[:, None], standardize(masked_mean(x, mask)), 0.0)
 
 
 class MelStem(nnx.Module):
@@ -73,7 +85,7 @@ class MelStem(nnx.Module):
         return self.norm(self.proj(x)), mask
 
     def pooled(self, x, mask):
-        return masked_mean(self.standardize(x), mask)
+        return standardized_mean(self.standardize, x, mask)
 
 
 class FaceStem(nnx.Module):
@@ -89,9 +101,16 @@ class FaceStem(nnx.Module):
         self.norm = layers.layer_norm(width, rngs=rngs, dtype=dtype)
 
     def __call__(self, faces, mask):
-        x = faces.astype(jnp.float32) / 255.0 - 0.5
-        x = rearrange(x, "b k (h p) (w q) c -> b k (h w) (p q c)", p=self.patch, q=self.patch)
-        x = jax.nn.gelu(self.patches(x)).mean(axis=2)
+        dtype, p = self.patches.dtype, self.patch
+        x = (faces.astype(jnp.float32) / 255.0 - 0.5).astype(dtype)
+        # The patch projection contracts each patch's rows (p) and their (q, c) pixels in place:
+        # faces [b, k, (h p), (w q c)] are only reshaped, where gathering every patch's pixels
+        # into one row first was a transpose of all faces (one projection of the same kernel,
+        # whose rows are (p, q, c): fwd+bwd 12.5 ms instead of 15.8 at 32 x 8 faces of 48 px).
+        x = x.reshape(*x.shape[:2], x.shape[2] // p, p, x.shape[3] // p, p * x.shape[4])
+        kernel = self.patches.kernel[...].astype(dtype).reshape(p, -1, self.patches.out_features)
+        x = jnp.einsum("bkhpwr,pre->bkhwe", x, kernel) + self.patches.bias[...].astype(dtype)
+        x = jax.nn.gelu(x).mean(axis=(2, 3))
         return self.norm(self.out(x)), mask
 
 

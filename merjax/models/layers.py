@@ -77,11 +77,37 @@ class Embedding(nnx.Module):
         return jnp.take(self.table[...], ids, axis=0).astype(self.dtype)
 
 
+class Dropout(nnx.Module):
+    """Inverted dropout (nnx.Dropout's interface) drawing 16 random bits per element, where
+    nnx.Dropout draws a 32-bit uniform float: each 32-bit threefry output serves two elements,
+    which halves the random numbers a step generates (on the 2-core CPU a [32, 274, 128] mask
+    took 3.0 ms instead of 6.1; the raw MER-Cross step draws 4.5M of them). An element is kept
+    with probability round((1 - rate) * 2^16) / 2^16, within 2^-17 of 1 - rate, and kept values
+    are scaled by the inverse of that probability, so the expectation is exact."""
+
+    def __init__(self, rate):
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"dropout rate must be in [0, 1); found {rate}")
+        self.rate = rate
+
+    def __call__(self, x, *, deterministic, rngs=None):
+        if deterministic or self.rate == 0.0:
+            return x
+        threshold = round((1.0 - self.rate) * 65536)
+        # Bits for half of the last axis, split into their high and low halves: the leading
+        # (batch-sharded) axes keep their shape, so each device draws only its own bits.
+        half = -(-x.shape[-1] // 2)
+        bits = jax.random.bits(rngs.dropout(), x.shape[:-1] + (half,), jnp.uint32)
+        draws = jnp.concatenate([bits >> 16, bits & 0xFFFF], axis=-1)[..., :x.shape[-1]]
+        scale = jnp.asarray(65536 / threshold, x.dtype)
+        return jnp.where(draws < threshold, x * scale, jnp.zeros((), x.dtype))
+
+
 class Mlp(nnx.Module):
     def __init__(self, width, hidden, dropout, *, rngs, dtype=jnp.float32):
         self.up = dense(width, hidden, ("embed", "mlp"), rngs=rngs, dtype=dtype)
         self.down = dense(hidden, width, ("mlp", "embed"), rngs=rngs, dtype=dtype)
-        self.dropout = nnx.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def __call__(self, x, *, train, rngs):
         x = jax.nn.gelu(self.up(x))
@@ -124,10 +150,10 @@ class Attention(nnx.Module):
 # jax.nn.dot_product_attention's logit for a masked key: finite, so a query with no key left
 # gets a uniform softmax, not NaN.
 _MASKED_LOGIT = -0.7 * float(np.finfo(np.float32).max)
-# The float32 logits of one query block ([B, H, rows, T]) stay near this size (in cache): on the
-# 2-core CPU (B 32, H 4, T 274: 38 MB of logits) 6-8 blocks of 5-6.5 MB ran fwd+bwd equally fast,
-# 10-13 blocks and one block slower (below).
-_BLOCK_BYTES = 6 << 20
+# The float32 logits of one group of examples ([examples, H, T, T]) stay near this size per
+# device (in cache). On the 2-core CPU (B 32, H 4, T 274: 1.2 MB an example) groups of 2 and 4
+# examples ran fwd+bwd fastest (44 and 45 ms), 1 example 47, 8 examples 56, all 32 at once 135.
+_GROUP_BYTES = 3 << 20
 
 
 def attend(q, kt, vt, mask):
@@ -136,40 +162,58 @@ def attend(q, kt, vt, mask):
 
     The backward (a custom VJP) keeps no [T, T] tensor from the forward: it recomputes the
     probabilities P from the logits and each row's max and log-sum, then dS = P * (dP -
-    rowsum(dO * O)), fewer passes over [B, H, T, T] than autodiff of the masked softmax. The
-    queries go through in blocks of rows (a lax.map, a scan in the backward) so that a block's
-    [B, H, rows, T] tensors stay in cache.
+    rowsum(dO * O)), fewer passes over [B, H, T, T] than autodiff of the masked softmax. On CPU
+    the examples go through in groups (a lax.map), so that a group's [T, T] tensors stay in
+    cache and the backward accumulates nothing across groups.
 
-    Measured on the 2-core CPU, one layer with its projections, fwd+bwd, B 32, T 274, H 4, K 16,
+    Group g of G holds examples g, g + G, g + 2G, ...: the batch is reshaped [B / G, G] and
+    mapped over its minor axis, so a batch sharded in contiguous slices over the mesh stays
+    sharded on the major one and each device maps over its own examples (a map over a sharded
+    axis would all-gather it: every device would compute every example). Hence G divides the
+    examples of each device: B / (devices of the mesh being traced under; 1 without one).
+
+    Measured on the 2-core CPU, one layer's attention core fwd+bwd, B 32, T 274, H 4, K 16,
     float32 (medians of variants alternated in one process; the machine is shared, so ratios):
-    jax.nn.dot_product_attention 167 ms; its autodiff in [B, H, T, K] layout 194; custom VJP
-    saving P 144 (with one fused QKV projection 145: not kept); recomputing P 133; K and V as
-    [B, H, K, T] 126; in 8 query blocks 73 (this function; 92 vs 168 and one block's 151 in
-    another run; bfloat16 84 vs 151); the same blocks saving P 84. Scanning over examples (one
-    or two at a time: 73 / 54 ms) was faster still, but a scan over the batch axis makes XLA
-    all-gather a batch sharded over devices, so every device would compute every example.
+    jax.nn.dot_product_attention's with its projections 167 ms; a custom VJP saving P 144;
+    recomputing P 133; K and V as [B, H, K, T] 126; the core alone in 8 blocks of query rows
+    71, one block 135; in groups of 2 examples 44 (this function).
     """
     B, H, T, _ = q.shape
-    # An exported program's batch is symbolic (merjax/export.py): its blocks are sized for one
-    # example (the number of blocks only changes the speed).
-    examples = B if isinstance(B, int) else 1
-    n = min(T, -(-examples * H * T * T * 4 // _BLOCK_BYTES))
-    # Blocks are for a CPU's caches: on an H200 (same shapes) 7 blocks ran fwd+bwd in 0.68 ms,
-    # one block in 0.51 ms, as fast as jax.nn.dot_product_attention (0.50 ms).
-    return _attend(q, kt, vt, mask, n if jax.default_backend() == "cpu" else 1)
+    return _attend(q, kt, vt, mask, _groups(B, H * T * T * 4))
 
 
-def _blocks(t, n):
-    """[B, H, T, X] -> [n, B, H, ceil(T / n), X], rows zero-padded (heads never merged)."""
-    B, H, T, X = t.shape
-    rows = -(-T // n)
-    t = jnp.pad(t, ((0, 0), (0, 0), (0, n * rows - T), (0, 0)))
-    return jnp.moveaxis(t.reshape(B, H, n, rows, X), 2, 0)
+def _groups(batch, example_bytes):
+    """How many groups the examples go through in: 1 off CPU (on an H200 one block ran fwd+bwd
+    in 0.51 ms, 7 blocks in 0.68) and for an exported program's symbolic batch; else the most
+    groups whose per-device examples keep near _GROUP_BYTES of logits."""
+    if jax.default_backend() != "cpu" or not isinstance(batch, int):
+        return 1
+    mesh = jax.sharding.get_abstract_mesh()
+    devices = 1 if mesh.empty else mesh.size
+    if batch % devices:
+        return 1
+    local = batch // devices
+    # The fewest examples per device and group that fill the budget, and divide `local`.
+    want = min(local, max(1, _GROUP_BYTES // example_bytes))
+    return local // next(n for n in range(want, local + 1) if local % n == 0)
 
 
-def _unblocks(t, length):
-    n, B, H, rows, X = t.shape
-    return jnp.moveaxis(t, 0, 2).reshape(B, H, n * rows, X)[:, :, :length]
+def _group(t, groups):
+    """[B, ...] -> [groups, B / groups, ...]: group g holds examples g, g + groups, ..."""
+    return jnp.moveaxis(t.reshape(t.shape[0] // groups, groups, *t.shape[1:]), 1, 0)
+
+
+def _ungroup(t):
+    groups, per_group = t.shape[:2]
+    return jnp.moveaxis(t, 0, 1).reshape(groups * per_group, *t.shape[2:])
+
+
+def _grouped(fn, groups, *args):
+    """fn over the examples in `groups` groups (a lax.map; fn itself for one group)."""
+    if groups == 1:
+        return fn(*args)
+    out = jax.lax.map(lambda xs: fn(*xs), tuple(_group(a, groups) for a in args))
+    return jax.tree.map(_ungroup, out)
 
 
 def _logits(q, kt, mask):
@@ -178,46 +222,46 @@ def _logits(q, kt, mask):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _attend(q, kt, vt, mask, n):
-    return _attend_fwd(q, kt, vt, mask, n)[0]
+def _attend(q, kt, vt, mask, groups):
+    return _attend_fwd(q, kt, vt, mask, groups)[0]
 
 
-def _attend_fwd(q, kt, vt, mask, n):
-    def block(qb):
-        s = _logits(qb, kt, mask)
+def _attend_fwd(q, kt, vt, mask, groups):
+    def group(q, kt, vt, mask):
+        s = _logits(q, kt, mask)
         peak = jnp.max(s, -1, keepdims=True)
         e = jnp.exp(s - peak)
         total = jnp.sum(e, -1, keepdims=True)
-        return jnp.einsum("bhts,bhks->bhtk", (e / total).astype(vt.dtype), vt), peak, jnp.log(total)
+        # Normalised after the product: a [T, K] divide instead of a [T, T] one.
+        o = jnp.einsum("bhts,bhks->bhtk", e.astype(vt.dtype), vt,
+                       preferred_element_type=jnp.float32) / total
+        return o.astype(vt.dtype), peak, jnp.log(total)
 
     # Each row's max and log-sum are kept apart, not summed into a logsumexp: in a row with
     # every key masked the max is -2.4e38, and log(sum) would vanish in the sum.
-    o, peak, log_total = jax.lax.map(block, _blocks(q, n))
-    o = _unblocks(o, q.shape[2])
+    o, peak, log_total = _grouped(group, groups, q, kt, vt, mask)
     return o, (q, kt, vt, mask, o, peak, log_total)
 
 
-def _attend_bwd(n, res, do):
+def _attend_bwd(groups, res, do):
     q, kt, vt, mask, o, peak, log_total = res
-    f32, dtype = jnp.float32, q.dtype
-    # jnp.where's gradient: a masked logit gets none, even in a row with every key masked.
-    live = jnp.any(mask, -1).astype(f32)[:, None, None, None]
+    f32 = jnp.float32
     rowsum = jnp.sum(do.astype(f32) * o.astype(f32), -1, keepdims=True)
 
-    def block(grads, xs):
-        qb, dob, rowsum_b, peak_b, log_total_b = xs
-        p = jnp.exp(_logits(qb, kt, mask) - peak_b - log_total_b)  # no divide: 15% faster
-        dp = jnp.einsum("bhtk,bhks->bhts", dob, vt, preferred_element_type=f32)
-        ds = (p * (dp - rowsum_b) * live).astype(dtype)
-        dkt = grads[0] + jnp.einsum("bhtk,bhts->bhks", qb, ds, preferred_element_type=f32)
-        dvt = grads[1] + jnp.einsum("bhtk,bhts->bhks", dob, p.astype(dtype),
-                                    preferred_element_type=f32)
-        return (dkt, dvt), jnp.einsum("bhts,bhks->bhtk", ds, kt)
+    def group(q, kt, vt, mask, do, rowsum, peak, log_total):
+        dtype = q.dtype
+        # jnp.where's gradient: a masked logit gets none, even in a row with every key masked.
+        live = jnp.any(mask, -1).astype(f32)[:, None, None, None]
+        p = jnp.exp(_logits(q, kt, mask) - peak - log_total)  # no divide: 15% faster
+        dp = jnp.einsum("bhtk,bhks->bhts", do, vt, preferred_element_type=f32)
+        ds = (p * (dp - rowsum) * live).astype(dtype)
+        dq = jnp.einsum("bhts,bhks->bhtk", ds, kt)
+        dkt = jnp.einsum("bhtk,bhts->bhks", q, ds)
+        dvt = jnp.einsum("bhtk,bhts->bhks", do, p.astype(dtype))
+        return dq, dkt, dvt
 
-    zeros = jnp.zeros(kt.shape, f32)
-    xs = (_blocks(q, n), _blocks(do, n), _blocks(rowsum, n), peak, log_total)
-    (dkt, dvt), dq = jax.lax.scan(block, (zeros, zeros), xs)
-    return _unblocks(dq, q.shape[2]), dkt.astype(dtype), dvt.astype(dtype), None
+    dq, dkt, dvt = _grouped(group, groups, q, kt, vt, mask, do, rowsum, peak, log_total)
+    return dq, dkt, dvt, None
 
 
 _attend.defvjp(_attend_fwd, _attend_bwd)
@@ -231,7 +275,7 @@ class TransformerBlock(nnx.Module):
         self.attn = Attention(width, heads, rngs=rngs, dtype=dtype)
         self.norm2 = layer_norm(width, rngs=rngs, dtype=dtype)
         self.mlp = Mlp(width, mlp_dim, dropout, rngs=rngs, dtype=dtype)
-        self.dropout = nnx.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def __call__(self, x, mask, *, train, rngs):
         y = self.attn(self.norm1(x), mask)

@@ -31,7 +31,8 @@ class Task(Protocol):
 
     def make_transform(self, config, data) -> Callable[[dict], dict]:
         """Decoded example -> numpy model inputs (fixed shapes) + label fields; a pure function
-        of the example (the train pipeline may transform a split once and reuse the results)."""
+        of the example, the same for every fold (a run transforms each split once, and every
+        fold's training, evaluation and reference read-out reuse the results)."""
 
     def model_inputs(self, config, data) -> tuple:
         """The transformed fields the model reads: the exported signature's inputs."""

@@ -1,0 +1,58 @@
+"""layers.Dropout: 16 random bits an element, two elements per 32-bit draw; the keep rate and
+the expectation it promises, repeatability from the key, and a batch-sharded input whose masks
+are drawn where its rows live (no gather), equal to the unsharded draw."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from merjax import sharding
+from merjax.models import layers
+
+
+def drop(x, rate, seed=0):
+    return layers.Dropout(rate)(x, deterministic=False, rngs=nnx.Rngs(dropout=seed))
+
+
+def test_off_when_deterministic_or_rate_zero():
+    x = jnp.arange(12.0).reshape(3, 4)
+    assert layers.Dropout(0.5)(x, deterministic=True) is x
+    assert drop(x, 0.0) is x
+    with pytest.raises(ValueError, match=r"\[0, 1\); found 1.0"):
+        layers.Dropout(1.0)
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.2, 0.5])
+def test_keep_rate_scale_and_expectation(rate):
+    x = jnp.ones((64, 50, 33))  # an odd last axis: the second half of a draw is cut off
+    y = np.asarray(drop(x, rate))
+    threshold = round((1 - rate) * 65536)
+    kept = y != 0
+    np.testing.assert_allclose(y[kept], 65536 / threshold, rtol=1e-6)
+    # 105,600 Bernoulli draws: the kept fraction within 5 standard deviations of 1 - rate.
+    sd = np.sqrt(rate * (1 - rate) / kept.size)
+    assert abs(kept.mean() - (1 - rate)) < 5 * sd
+    assert abs(y.mean() - 1.0) < 5 * sd / (1 - rate)
+    # The low and high halves of one draw are not the same mask.
+    assert (kept[..., :16] != kept[..., 17:33]).mean() > 0.5 * rate
+
+
+def test_same_key_same_mask_other_key_other_mask():
+    x = jnp.ones((8, 10, 16))
+    np.testing.assert_array_equal(drop(x, 0.3, seed=1), drop(x, 0.3, seed=1))
+    assert not np.array_equal(drop(x, 0.3, seed=1), drop(x, 0.3, seed=2))
+
+
+def test_batch_sharded_draws_in_place_and_equal_unsharded():
+    mesh = jax.make_mesh((8, 1, 1), sharding.MESH_AXES,
+                         axis_types=(jax.sharding.AxisType.Auto,) * 3)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(16, 12, 10)), jnp.float32)
+    step = jax.jit(lambda x, key: layers.Dropout(0.25)(x, deterministic=False,
+                                                      rngs=nnx.Rngs(dropout=key)))
+    key = jax.random.key(3)
+    x_s = jax.device_put(x, NamedSharding(mesh, P("data")))
+    hlo = step.lower(x_s, key).compile().as_text()
+    assert "all-gather" not in hlo and "all-to-all" not in hlo
+    np.testing.assert_array_equal(step(x_s, key), step(x, key))
