@@ -124,12 +124,13 @@ def main(argv):
     compile_s = time.perf_counter() - start
     del it  # its prefetch threads would compete with the timed steps for the cores
     start = time.perf_counter()
-    state = settle(compiled, state, batch)
+    # The state's leaves, as the train loop holds them between steps.
+    leaves = settle(compiled, compiled.flatten(state), batch)
     settle_s = time.perf_counter() - start
-    state, step_s = timed_steps(compiled, state, batch, _STEPS.value)
+    leaves, step_s = timed_steps(compiled, leaves, batch, _STEPS.value)
     profile = {}
     if _PROFILE.value:
-        profile = profiled_steps(model_state, compiled, state, batch)
+        profile = profiled_steps(model_state, compiled, compiled.unflatten(leaves), batch)
 
     cost = {k: v for k, v in compiled.cost.items() if not k.startswith("mesh_")}  # as `mesh`
     pipeline_rate = _PIPELINE_BATCHES.value * config.batch_size / pipeline_s
@@ -149,30 +150,30 @@ def main(argv):
     print(json.dumps(report))
 
 
-def timed_steps(compiled, state, batch, steps):
-    """(state, seconds per step) over `steps` steps, waiting for the last one."""
+def timed_steps(compiled, leaves, batch, steps):
+    """(state leaves, seconds per step) over `steps` steps, waiting for the last one."""
     start = time.perf_counter()
     for _ in range(steps):
-        state, metrics = compiled(state, batch)
+        leaves, metrics = compiled.leaves(leaves, batch)
     jax.block_until_ready(metrics)
-    return state, (time.perf_counter() - start) / steps
+    return leaves, (time.perf_counter() - start) / steps
 
 
-def settle(compiled, state, batch, chunk_s=0.5, agree=0.1, max_s=15.0):
+def settle(compiled, leaves, batch, chunk_s=0.5, agree=0.1, max_s=15.0):
     """Steps until two chunks of about `chunk_s` seconds run within `agree` of each other's rate
-    (at most `max_s`); returns the state. Why: in a fresh process the first steps after compiling
+    (at most `max_s`); returns the state's leaves. Why: in a fresh process the first steps after compiling
     ran 5-10x slower for a few seconds (the set-up's background threads still hold the cores;
     measured on the MERTools baseline: 19-51 steps/s for ~150 steps, then 370-450), so a fixed
     warm-up timed the start-up instead of the step."""
-    state, first = timed_steps(compiled, state, batch, 1)
+    leaves, first = timed_steps(compiled, leaves, batch, 1)
     steps = max(1, int(chunk_s / max(first, 1e-6)))
     start, previous = time.perf_counter(), None
     while time.perf_counter() - start < max_s:
-        state, seconds = timed_steps(compiled, state, batch, steps)
+        leaves, seconds = timed_steps(compiled, leaves, batch, steps)
         if previous is not None and abs(seconds - previous) <= agree * previous:
             break
         previous = seconds
-    return state
+    return leaves
 
 
 # XLA:GPU replays most of a step as CUDA graphs ("command buffers"), which a trace shows as one
@@ -188,10 +189,10 @@ def profiled_steps(model_state, compiled, state, batch):
     if jax.default_backend() == "gpu":
         compiled = model_state.compiled_train_step(state, batch, GPU_PROFILE_OPTIONS)
         state, _ = compiled(state, batch)  # compiled, and its first run, outside the trace
-    holder = {"state": state}
+    holder = {"leaves": compiled.flatten(state)}
 
     def step():
-        holder["state"], metrics = compiled(holder["state"], batch)
+        holder["leaves"], metrics = compiled.leaves(holder["leaves"], batch)
         return metrics
 
     run_dir = profiling.trace(_PROFILE.value, _PROFILE_STEPS.value, step)

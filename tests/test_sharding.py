@@ -134,9 +134,9 @@ def test_folds_share_one_compiled_train_step(monkeypatch):
     lowered = []
     real = train.ModelState.train_step
 
-    def counting(self):
+    def counting(self, treedef):
         lowered.append(self)
-        return real(self)
+        return real(self, treedef)
 
     monkeypatch.setattr(train.ModelState, "train_step", counting)
     folds = [train.ModelState(config, mesh, ps_task, data, _stats(), fold_index=i)
