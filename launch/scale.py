@@ -68,24 +68,19 @@ def step_time(rows):
 
 def final_score(rows, select):
     """(name, value) of the score the run reports for the state it kept: the cross-validated
-    mean `cv/<metric>` where there is one (the task's SELECT metric), else the kept state's
-    validation score as the loop wrote it when the run ended (`selected/val/<metric>`,
-    merjax/train.py: the best state where the task selects one, else the last); without a
-    SELECT, its first validation score. (None, None) before the run ends."""
+    mean `cv/<metric>` where there is one, else the kept state's validation score as the loop
+    wrote it when the run ended (`selected/val/<metric>`, merjax/train.py: the best state where
+    the task selects one, else the last); <metric> is the task's SELECT metric, or without one
+    the first written. (None, None) before the run ends."""
     from merjax.train import SELECTED_PREFIX  # here: the sweep's --help imports no jax
     summaries = [r for r in rows if "fold" not in r]
-    if select:
-        metric = select[0]
-        cv = [r for r in summaries if f"cv/{metric}" in r]
-        if cv:
-            return f"cv/{metric}", cv[-1][f"cv/{metric}"]
-    kept = [r for r in summaries if any(k.startswith(SELECTED_PREFIX + "val/") for k in r)]
-    if not kept:
-        return None, None
-    names = sorted(k[len(SELECTED_PREFIX):] for k in kept[-1]
-                   if k.startswith(SELECTED_PREFIX + "val/"))
-    name = f"val/{select[0]}" if select and f"val/{select[0]}" in names else names[0]
-    return name, kept[-1][SELECTED_PREFIX + name]
+    for prefix, shown in (("cv/", "cv/"), (SELECTED_PREFIX + "val/", "val/")):
+        written = [r for r in summaries if any(k.startswith(prefix) for k in r)]
+        if written:
+            metrics = sorted(k[len(prefix):] for k in written[-1] if k.startswith(prefix))
+            metric = select[0] if select and select[0] in metrics else metrics[0]
+            return shown + metric, written[-1][prefix + metric]
+    return None, None
 
 
 def row(point_dir, name, batch, total_steps, select, size=""):

@@ -161,10 +161,10 @@ def timed_steps(compiled, leaves, batch, steps):
 
 def settle(compiled, leaves, batch, chunk_s=0.5, agree=0.1, max_s=15.0):
     """Steps until two chunks of about `chunk_s` seconds run within `agree` of each other's rate
-    (at most `max_s`); returns the state's leaves. Why: in a fresh process the first steps after compiling
-    ran 5-10x slower for a few seconds (the set-up's background threads still hold the cores;
-    measured on the MERTools baseline: 19-51 steps/s for ~150 steps, then 370-450), so a fixed
-    warm-up timed the start-up instead of the step."""
+    (at most `max_s`); returns the state's leaves. Why: in a fresh process the first steps after
+    compiling ran 5-10x slower for a few seconds (the set-up's background threads still hold the
+    cores; measured on the MERTools baseline: 19-51 steps/s for ~150 steps, then 370-450), so a
+    fixed warm-up timed the start-up instead of the step."""
     leaves, first = timed_steps(compiled, leaves, batch, 1)
     steps = max(1, int(chunk_s / max(first, 1e-6)))
     start, previous = time.perf_counter(), None

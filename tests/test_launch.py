@@ -223,9 +223,10 @@ def test_a_points_row_from_its_metrics(tmp_path):
                               {"step": 9, "selected/val/waf": 0.65}],
                              ("waf", "max")) == ("val/waf", 0.65)
     assert scale.final_score([{"step": 5, "val/waf": 0.7}], ("waf", "max")) == (None, None)
-    # A task that selects nothing keeps its last state: its first validation score.
+    # A task that selects nothing keeps its last state: its first validation score (or mean).
     assert scale.final_score([{"step": 9, "selected/val/f1": 0.4, "selected/val/acc": 0.5}],
                              None) == ("val/acc", 0.5)
+    assert scale.final_score([{"step": 9, "cv/f1": 0.4, "cv/acc": 0.5}], None) == ("cv/acc", 0.5)
     # Stopped halfway, and never started.
     _write_metrics(tmp_path / "half", [cost, perf[0], perf[1]])
     half = scale.row(str(tmp_path / "half"), "half", 16, 20, ("mae", "min"))
