@@ -26,8 +26,9 @@ from merjax.data import pipeline, prepare
 
 MODES = ("train", "evaluate", "predict", "export")
 SELECT_PREFIX = "inner/"  # scores on a fold's own selection split (Fold.select)
-# A run without folds writes its kept state's scores once more when it ends, so prefixed: the
-# score a sweep reports for it (launch/scale.py), never re-derived from its evaluations.
+# A run without folds (a trained model or the reference read-out as the model) writes its kept
+# state's scores once more when it ends, so prefixed: the score a sweep reports for it
+# (launch/scale.py), never re-derived from its evaluations.
 SELECTED_PREFIX = "selected/"
 
 
@@ -82,6 +83,9 @@ def run(config, workdir, mode="train"):
             task.write_outputs(workdir, results, config, data)
         if len(results) > 1:
             writer.write_summary(config.total_steps, summary)
+        else:  # (the writer writes only when training)
+            writer.write_summary(results[0].step, {SELECTED_PREFIX + k: v
+                                                   for k, v in results[0].scores.items()})
         if mode == "evaluate" and jax.process_index() == 0:
             with open(os.path.join(workdir, "evaluate.json"), "w") as f:
                 json.dump(dict(summary, folds=[dict(r.scores, step=r.step, fold=r.name)
@@ -181,8 +185,6 @@ def run_fold(config, workdir, mode, task, mesh, data, fold, writer, cache):
         if scores is None or mode == "evaluate":  # evaluate always measures afresh
             scores, cached = measure(evaluator, task, data, fold, state)
             _log_scores(fold, step, scores, "selected state" if task.SELECT else "")
-        if mode == "train" and fold.index is None:  # folds: their cv/ means summarise them
-            writer.write_summary(step, {SELECTED_PREFIX + k: v for k, v in scores.items()})
         if fitted is not None:
             check_beats_reference(task, fold, scores)
         if mode == "evaluate" or fold.predict is None:

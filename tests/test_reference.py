@@ -9,8 +9,10 @@ import pytest
 
 from configs import cross as cross_config
 from configs import ps as ps_config
+from launch import scale
 from merjax import reference, train
 from merjax.tasks import common
+from merjax.tasks import ps as ps_task
 
 
 def _data(n, d, seed=0):
@@ -92,6 +94,9 @@ def test_ridge_as_the_model_writes_its_predictions_and_refuses_export(tmp_path):
     workdir = str(tmp_path / "run")
     scores = train.run(config, workdir)
     assert {"val/mae", "val/prior_mae", "inner/mae"} <= set(scores)
+    # Its scores as a sweep reads them (launch/scale.py), written once the run ended.
+    assert scale.final_score(scale.read_metrics(workdir), ps_task.SELECT) == (
+        "val/mae", pytest.approx(scores["val/mae"]))
     assert scores["val/mae"] == train.run(config, workdir, mode="evaluate")["val/mae"]
     with open(os.path.join(workdir, "predictions.csv")) as f:
         header, *rows = f.read().splitlines()
