@@ -39,6 +39,17 @@ def test_keep_rate_scale_and_expectation(rate):
     assert (kept[..., :16] != kept[..., 17:33]).mean() > 0.5 * rate
 
 
+@pytest.mark.parametrize("n", [16, 15])
+def test_mask_is_each_draws_high_then_low_half(n):
+    """Element j of the last axis is kept by the high 16 bits of draw j, element half + j by its
+    low 16 bits (an odd axis drops the last low half): the layout a resumed run redraws."""
+    y = np.asarray(drop(jnp.ones((4, 6, n)), 0.3, seed=5))
+    bits = np.asarray(jax.random.bits(nnx.Rngs(dropout=5).dropout(), (4, 6, -(-n // 2)),
+                                      jnp.uint32))
+    draws = np.concatenate([bits >> 16, bits & 0xFFFF], axis=-1)[..., :n]
+    np.testing.assert_array_equal(y != 0, draws < round(0.7 * 65536))
+
+
 def test_same_key_same_mask_other_key_other_mask():
     x = jnp.ones((8, 10, 16))
     np.testing.assert_array_equal(drop(x, 0.3, seed=1), drop(x, 0.3, seed=1))

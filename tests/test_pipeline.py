@@ -211,9 +211,32 @@ def test_splits_over_the_budget_left_are_transformed_per_batch():
                                 cache_bytes=1)
 
 
-def test_pad_batch_rejects_overflow_and_empty():
-    rows = [dict(a=np.zeros(2))] * 3
-    with pytest.raises(ValueError, match="do not fit"):
-        transforms.pad_batch(rows, 2)
-    with pytest.raises(ValueError, match="at least one row"):
-        transforms.pad_batch([], 2)
+def test_pad_batch_pads_masks_and_rejects_overflow_and_empty():
+    batch = transforms.pad_batch(dict(a=np.ones((2, 3), np.int16)), 4)
+    np.testing.assert_array_equal(batch["a"], [[1, 1, 1]] * 2 + [[0, 0, 0]] * 2)
+    assert batch["a"].dtype == np.int16 and batch["mask"].tolist() == [True, True, False, False]
+    with pytest.raises(ValueError, match="takes 1 to 2 rows; found 3"):
+        transforms.pad_batch(dict(a=np.zeros((3, 2))), 2)
+    with pytest.raises(ValueError, match="found 0"):
+        transforms.pad_batch(dict(a=np.zeros((0, 2))), 2)
+
+
+def test_a_held_split_transforms_only_the_examples_its_readers_ask_for():
+    """Fold subsets read their rows (and the first example, which sizes the split), each once;
+    what they read equals the streamed batches."""
+    source, transform = _source(10), _Counting()
+    cache = pipeline.TransformCache(1 << 20, id_field="sample_id")
+    validation = pipeline.Subset(source, np.array([3, 5, 7]))
+    train = pipeline.Subset(source, np.array([5, 6, 7, 8]))
+
+    def read(cache):
+        evals = [dict(batch, ids=np.array(ids)) for batch, ids in pipeline.eval_batches(
+            validation, transform if cache else _transform, global_batch_size=4, cache=cache)]
+        own = dict(cache=cache) if cache else dict(cache_bytes=0)
+        it = pipeline.train_iterator(train, transform if cache else _transform,
+                                     global_batch_size=2, seed=0, **own)
+        return evals + [next(it) for _ in range(3)]
+
+    cached = read(cache)
+    assert transform.calls == {0: 1, 3: 1, 5: 1, 6: 1, 7: 1, 8: 1}
+    _assert_same_batches(cached, read(None))

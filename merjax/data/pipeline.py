@@ -132,14 +132,16 @@ class TransformCache:
     the transforms a run makes for its folds are one function, so whichever transforms a split,
     each reader gets what its own transform would give. Keyed by the underlying split: a
     `Subset` (a cross-validation fold) is its rows of its source's arrays, so the folds share one
-    copy. A split is transformed whole, also by a process that evaluates only its slice of it
-    (each process trains on rows from anywhere in the split).
+    copy. A split's arrays are made for all its examples when it is first read, and an example is
+    transformed when a reader first asks for it: only the examples some fold reads are ever
+    transformed (MER-Cross's folds leave out the train clips that have no input), each once. A
+    process that evaluates only its slice of a split still trains on rows from anywhere in it.
 
     `cache_bytes` bounds all the splits held together, per process (-1: a quarter of this host's
-    physical memory; 0: none): a split is held if it fits what the splits read before it left;
-    one that does not is never held, and its readers transform it per batch as without a cache.
-    `id_field`: the field whose decoded value is kept per example for evaluation's ids (None:
-    no ids). `names`: {name: split}, for the log.
+    physical memory; 0: none), counted whole: a split is held if it fits what the splits read
+    before it left; one that does not is never held, and its readers transform it per batch as
+    without a cache. `id_field`: the field whose decoded value is kept per example for
+    evaluation's ids (None: no ids). `names`: {name: split}, for the log.
     """
 
     def __init__(self, cache_bytes, id_field=None, names=None):
@@ -150,56 +152,75 @@ class TransformCache:
         self._splits = {}  # id(split) -> (split, _Entry); holding the split keeps its id its own
 
     def get(self, source, transform, id_field=None):
-        """`source` (a split or a Subset of one) as a `Cached` view of its split's arrays; None
-        when the split is not held. The split is transformed with `transform` on first use.
-        `id_field`: the field whose ids the caller reads from the view (the cache's own)."""
+        """`source` (a split or a Subset of one) as a `Cached` view of its split's arrays, its
+        examples transformed (with `transform`) where no reader had asked for them before; None
+        when the split is not held. `id_field`: the field whose ids the caller reads from the
+        view (the cache's own)."""
         if id_field is not None and id_field != self.id_field:
             raise ValueError(f"the cache keeps the ids of field {self.id_field!r}; its reader "
                              f"asks for {id_field!r}")
         split, rows = _underlying(source)
         entry = self._entry(split, transform)
-        return None if entry.arrays is None else Cached(entry.arrays, entry.ids, rows)
+        if entry.arrays is None:
+            return None
+        self._fill(split, entry, rows, transform)
+        return Cached(entry.arrays, entry.ids, rows)
 
     def first(self, source, transform):
         """The first transformed example of `source`'s split: the fields, shapes and dtypes every
         example of it has."""
         return self._entry(_underlying(source)[0], transform).first
 
+    def _name(self, split):
+        return f"{self._names[id(split)]} split" if id(split) in self._names else "split"
+
     def _entry(self, split, transform):
         if id(split) not in self._splits:
-            self._splits[id(split)] = (split, self._load(split, transform))
+            self._splits[id(split)] = (split, self._allocate(split, transform))
         return self._splits[id(split)][1]
 
-    def _load(self, split, transform):
-        name = f"{self._names[id(split)]} split" if id(split) in self._names else "split"
+    def _allocate(self, split, transform):
         if not len(split):
-            return _Entry(None, None, None)
-        raw = split[0]
-        first = transform(raw)
+            return _Entry(None, None, None, None)
+        first = transform(split[0])
         size = sum(np.asarray(v).nbytes for v in first.values()) * len(split)
         if self.used + size > self.budget:
             logging.info("%s of %d examples (%.2f GB transformed) read per batch: over "
-                         "config.pipeline.cache_bytes=%d (%.2f GB of it hold other splits)", name,
-                         len(split), size / 1e9, self.budget, self.used / 1e9)
-            return _Entry(first, None, None)
-        arrays, ids = empty_like(first, len(split)), [] if self.id_field else None
-        start = time.perf_counter()
-        for i in range(len(split)):
-            example = raw if i == 0 else split[i]
-            put(arrays, i, first if i == 0 else transform(example), f"{name} example {i}")
-            if ids is not None:
-                ids.append(decode_id(example, self.id_field))
+                         "config.pipeline.cache_bytes=%d (%.2f GB of it hold other splits)",
+                         self._name(split), len(split), size / 1e9, self.budget, self.used / 1e9)
+            return _Entry(first, None, None, None)
         self.used += size
-        logging.info("%s of %d examples transformed into memory (%.2f GB; %.2f GB of "
-                     "config.pipeline.cache_bytes=%d held) in %.1f s", name, len(split),
-                     size / 1e9, self.used / 1e9, self.budget, time.perf_counter() - start)
-        return _Entry(first, arrays, ids)
+        entry = _Entry(first, empty_like(first, len(split)),
+                       [None] * len(split) if self.id_field else None, np.zeros(len(split), bool))
+        put(entry.arrays, 0, first, f"{self._name(split)} example 0")
+        if entry.ids is not None:
+            entry.ids[0] = decode_id(split[0], self.id_field)
+        entry.filled[0] = True
+        return entry
+
+    def _fill(self, split, entry, rows, transform):
+        """Transforms the examples at `rows` of `split` that no reader has asked for before."""
+        todo = np.unique(rows[~entry.filled[rows]])
+        if not len(todo):
+            return
+        name, start = self._name(split), time.perf_counter()
+        for i in todo:
+            example = split[int(i)]
+            put(entry.arrays, i, transform(example), f"{name} example {i}")
+            if entry.ids is not None:
+                entry.ids[i] = decode_id(example, self.id_field)
+        entry.filled[todo] = True
+        logging.info("%s: %d examples transformed into memory in %.1f s (%d of %d now held; "
+                     "%.2f GB of config.pipeline.cache_bytes=%d reserved for the cached splits)",
+                     name, len(todo), time.perf_counter() - start, entry.filled.sum(),
+                     len(split), self.used / 1e9, self.budget)
 
 
 class _Entry(NamedTuple):
     first: dict | None  # the split's first transformed example (None: an empty split)
-    arrays: dict | None  # {field: [N, ...]} of every example, or None: not held
-    ids: list | None
+    arrays: dict | None  # {field: [N, ...]} for every example, or None: not held
+    ids: list | None  # [N] decoded ids (None where not yet read)
+    filled: np.ndarray | None  # [N] bool: the example is transformed into `arrays`
 
 
 class Cached(NamedTuple):
@@ -274,31 +295,31 @@ def eval_batches(source, transform, *, global_batch_size, id_field="sample_id", 
     ds = process_slice(source)
     indices = np.arange(len(source))[jax.process_index()::jax.process_count()]
 
-    def read(i):
-        """(transformed example, id) of this process's example i."""
+    def read(lo, hi):
+        """(this process's examples lo..hi-1 transformed and stacked, with `index`; their ids):
+        from the cache one gather per field."""
+        at = indices[lo:hi]
         if cached is not None:
-            return cached.take(indices[i]), cached.id(indices[i])
-        example = ds[i]
-        return transform(example), decode_id(example, id_field)
+            arrays, ids = cached.take(at), [cached.id(i) for i in at]
+        else:
+            examples = [ds[i] for i in range(lo, hi)]
+            rows = [transform(example) for example in examples]
+            arrays = {name: np.stack([row[name] for row in rows]) for name in rows[0]}
+            ids = [decode_id(example, id_field) for example in examples]
+        arrays["index"] = at.astype(np.int32)
+        return arrays, ids
 
     n_batches = num_eval_batches(len(source), global_batch_size)
     for b in range(n_batches):
         lo, hi = b * per_process, min((b + 1) * per_process, len(ds))
-        rows, ids = [], []
-        for i in range(lo, hi):
-            row, name = read(i)
-            ids.append(name)
-            row["index"] = np.int32(indices[i])
-            rows.append(row)
-        if not rows:
-            # This process ran out before the others; a fully masked batch keeps them in step.
-            template = read(0)[0]
-            template["index"] = np.int32(0)
-            batch = transforms.pad_batch([template], per_process)
-            batch["mask"][:] = False
+        if hi > lo:
+            arrays, ids = read(lo, hi)
+            yield transforms.pad_batch(arrays, per_process), ids
         else:
-            batch = transforms.pad_batch(rows, per_process)
-        yield batch, ids
+            # This process ran out before the others; a fully masked batch keeps them in step.
+            batch = transforms.pad_batch(read(0, 1)[0], per_process)
+            batch["mask"][:] = False
+            yield batch, []
 
 
 def decode_id(example, id_field):

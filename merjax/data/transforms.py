@@ -13,20 +13,14 @@ def select(example, fields, dtypes=None):
     return out
 
 
-def pad_batch(rows, size):
-    """Stacks up to `size` examples and pads with zeros to exactly `size`.
-
-    Adds `mask` (True for real rows), so an evaluation sees every example exactly once while every
-    batch keeps the one compiled shape.
-    """
-    if not rows:
-        raise ValueError("pad_batch needs at least one row to know the shapes")
-    if len(rows) > size:
-        raise ValueError(f"{len(rows)} rows do not fit a batch of {size}")
-    batch = {}
-    for name in rows[0]:
-        stacked = np.stack([row[name] for row in rows])
-        pad = np.zeros((size - len(rows),) + stacked.shape[1:], stacked.dtype)
-        batch[name] = np.concatenate([stacked, pad])
-    batch["mask"] = np.arange(size) < len(rows)
+def pad_batch(arrays, size):
+    """Examples stacked as {field: [n, ...]} (1 <= n <= size), padded with zeros to exactly
+    `size` rows, with `mask` (True for real rows): an evaluation sees every example exactly once
+    while every batch keeps the one compiled shape."""
+    n = len(next(iter(arrays.values()))) if arrays else 0
+    if not 1 <= n <= size:
+        raise ValueError(f"a padded batch of {size} takes 1 to {size} rows; found {n}")
+    batch = {name: np.concatenate([value, np.zeros((size - n,) + value.shape[1:], value.dtype)])
+             for name, value in arrays.items()}
+    batch["mask"] = np.arange(size) < n
     return batch
