@@ -2,7 +2,8 @@
 
 Prints one JSON line, alone on stdout (logs go to stderr; it pipes into `jq`): the model's
 parameter count, train steps/s and samples/s at the config's global batch and input shapes (one
-fixed batch, so only the compiled step is timed), the compiled step's costs as the train loop
+fixed batch, so only the compiled step is timed; the median of --repeats windows of --steps
+steps, with the windows' range: on a shared host one window can be 20% off another), the compiled step's costs as the train loop
 writes them (merjax/costs.py: flops_per_step, matmul_flops_per_step, bytes_accessed_per_step,
 peak_memory_bytes_per_device, param_bytes, optimizer_bytes, peak_flops_per_s and peak_source)
 with the MFU they give, and the input pipeline's samples/s on its own and as a multiple of what
@@ -35,7 +36,9 @@ from merjax import cli, costs, profiling, sharding, tasks, train
 from merjax import main as train_command  # the same --config flag as training
 from merjax.data import pipeline, prepare
 
-_STEPS = flags.DEFINE_integer("steps", 50, "Timed train steps (after one warm-up step).")
+_STEPS = flags.DEFINE_integer("steps", 50, "Train steps in each timed window.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed windows of --steps steps: the report gives "
+                                "their median rate and its range.")
 _PIPELINE_BATCHES = flags.DEFINE_integer("pipeline_batches", 50, "Timed input-pipeline batches.")
 _SYNTHETIC = flags.DEFINE_bool("synthetic", False, "Random inputs of the dataset's shapes.")
 _LENGTH = flags.DEFINE_integer("length", 32, "Length of variable-length dims with --synthetic.")
@@ -127,7 +130,11 @@ def main(argv):
     # The state's leaves, as the train loop holds them between steps.
     leaves = settle(compiled, compiled.flatten(state), batch)
     settle_s = time.perf_counter() - start
-    leaves, step_s = timed_steps(compiled, leaves, batch, _STEPS.value)
+    rates = []
+    for _ in range(max(1, _REPEATS.value)):
+        leaves, seconds = timed_steps(compiled, leaves, batch, _STEPS.value)
+        rates.append(1 / seconds)
+    step_s = 1 / float(np.median(rates))
     profile = {}
     if _PROFILE.value:
         profile = profiled_steps(model_state, compiled, compiled.unflatten(leaves), batch)
@@ -140,6 +147,7 @@ def main(argv):
         input_shapes={k: list(v.shape[1:]) for k, v in local.items()},
         compile_s=round(compile_s, 2), settle_s=round(settle_s, 2),
         train_steps_per_s=round(1 / step_s, 2),
+        train_steps_per_s_range=[round(min(rates), 2), round(max(rates), 2)],
         train_samples_per_s=round(config.batch_size / step_s, 1),
         pipeline_setup_s=round(setup_s, 2), pipeline_records=len(source),
         pipeline_samples_per_s=round(pipeline_rate, 1),
