@@ -3,17 +3,17 @@
 Prints one JSON line, alone on stdout (logs go to stderr; it pipes into `jq`): the model's
 parameter count, train steps/s and samples/s at the config's global batch and input shapes (one
 fixed batch, so only the compiled step is timed; the median of --repeats windows of --steps
-steps, with the windows' range: on a shared host one window can be 20% off another), the compiled step's costs as the train loop
-writes them (merjax/costs.py: flops_per_step, matmul_flops_per_step, bytes_accessed_per_step,
-peak_memory_bytes_per_device, param_bytes, optimizer_bytes, peak_flops_per_s and peak_source)
-with the MFU they give, and the input pipeline's samples/s on its own and as a multiple of what
-training consumes (`pipeline_over_train`), after its set-up (`pipeline_setup_s`: the one pass
-that caches a split fitting config.pipeline.cache_bytes, then its first batch). Steps are timed
-once their rate has settled (`settle_s`: a fresh process runs its first seconds of steps
-slower). With --synthetic no
-dataset is built: random inputs of the dataset's feature shapes are used (variable-length dims
-take --length), e.g. the MER-Cross baseline shapes with `--config=configs/cross.py:bench
---synthetic`. Shapes and device are printed with the numbers so other stacks can be compared on
+steps, with the windows' range: on a shared host one window can be 20% off another), the
+compiled step's costs as the train loop writes them (merjax/costs.py: flops_per_step,
+matmul_flops_per_step, bytes_accessed_per_step, peak_memory_bytes_per_device, param_bytes,
+optimizer_bytes, peak_flops_per_s and peak_source) with the MFU they give, and the input
+pipeline's samples/s on its own and as a multiple of what training consumes
+(`pipeline_over_train`), after its set-up (`pipeline_setup_s`: the one pass that caches a split
+fitting config.pipeline.cache_bytes, then its first batch). Steps are timed once their rate
+has settled (`settle_s`: a fresh process runs its first seconds of steps slower). With
+--synthetic no dataset is built: random inputs of the dataset's feature shapes are used
+(variable-length dims take --length), e.g. the MER-Cross baseline shapes with
+`--config=configs/cross.py:bench --synthetic`. Shapes and device are printed with the numbers so other stacks can be compared on
 the same work. Nothing here asserts a speed.
 
 With --profile=<dir>, --profile_steps more steps run under jax.profiler after the timed ones:
