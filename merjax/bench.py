@@ -13,8 +13,8 @@ fitting config.pipeline.cache_bytes, then its first batch). Steps are timed once
 has settled (`settle_s`: a fresh process runs its first seconds of steps slower). With
 --synthetic no dataset is built: random inputs of the dataset's feature shapes are used
 (variable-length dims take --length), e.g. the MER-Cross baseline shapes with
-`--config=configs/cross.py:bench --synthetic`. Shapes and device are printed with the numbers so other stacks can be compared on
-the same work. Nothing here asserts a speed.
+`--config=configs/cross.py:bench --synthetic`. Shapes and device are printed with the numbers
+so other stacks can be compared on the same work. Nothing here asserts a speed.
 
 With --profile=<dir>, --profile_steps more steps run under jax.profiler after the timed ones:
 the trace goes to <dir>/plugins/profile/<run>/ (`tensorboard --logdir <dir>`, Profile tab, with

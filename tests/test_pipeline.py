@@ -187,6 +187,19 @@ def test_cached_eval_batches_are_the_streamed_ones(monkeypatch, process_index, p
     _assert_same_batches(cached, streamed)
 
 
+@pytest.mark.parametrize("cache_bytes", [1 << 20, 0])
+def test_a_process_without_examples_evaluates_one_masked_batch(monkeypatch, cache_bytes):
+    """One example over two processes: process 1 has none, and keeps step with one fully masked
+    batch of the split's first example (the shapes of every batch)."""
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    cache = pipeline.TransformCache(cache_bytes, id_field="sample_id") if cache_bytes else None
+    (batch, ids), = pipeline.eval_batches(_source(1), _transform, global_batch_size=4,
+                                          cache=cache)
+    assert ids == [] and not batch["mask"].any() and batch["x"].shape == (2, 3)
+    assert batch["index"].dtype == np.int32 and batch["y"].dtype == np.int32
+
+
 def test_splits_over_the_budget_left_are_transformed_per_batch():
     transform = _Counting()
     held, over = _source(12), [dict(e, y=100 + e["y"]) for e in _source(12)]

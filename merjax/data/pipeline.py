@@ -316,8 +316,14 @@ def eval_batches(source, transform, *, global_batch_size, id_field="sample_id", 
             arrays, ids = read(lo, hi)
             yield transforms.pad_batch(arrays, per_process), ids
         else:
-            # This process ran out before the others; a fully masked batch keeps them in step.
-            batch = transforms.pad_batch(read(0, 1)[0], per_process)
+            # This process ran out before the others (or had no example): a fully masked batch of
+            # the split's first example keeps them in step.
+            if cached is not None:
+                template = cached.take(np.zeros(1, np.int64))
+            else:
+                template = {name: np.asarray(v)[None] for name, v in transform(source[0]).items()}
+            template["index"] = np.zeros(1, np.int32)
+            batch = transforms.pad_batch(template, per_process)
             batch["mask"][:] = False
             yield batch, []
 
