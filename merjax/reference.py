@@ -69,15 +69,9 @@ def read(readout, source, transform, fields, id_field, chunk=256, cache=None):
     ids, feats, rows = [], [], {k: [] for k in fields}
     cached = None if cache is None else cache.get(source, transform, id_field)
     for lo in range(0, len(source), chunk):
-        at = np.arange(lo, min(lo + chunk, len(source)))
-        if cached is not None:
-            ids += [cached.id(i) for i in at]
-            batch = cached.take(at)
-        else:
-            raw = [source[int(i)] for i in at]
-            ids += [pipeline.decode_id(r, id_field) for r in raw]
-            examples = [transform(r) for r in raw]
-            batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+        batch, chunk_ids = pipeline.read_examples(
+            source, np.arange(lo, min(lo + chunk, len(source))), transform, id_field, cached)
+        ids += chunk_ids
         feats.append(np.asarray(readout.features(batch), np.float64))
         for k in fields:
             rows[k].append(batch[k])

@@ -22,12 +22,6 @@ from absl import logging
 from merjax.data import transforms
 
 
-def process_slice(source, process_index=None, process_count=None):
-    process_index = jax.process_index() if process_index is None else process_index
-    process_count = jax.process_count() if process_count is None else process_count
-    return grain.MapDataset.source(source)[process_index::process_count]
-
-
 def local_batch_size(global_batch_size, process_count=None):
     process_count = jax.process_count() if process_count is None else process_count
     if global_batch_size % process_count:
@@ -292,40 +286,32 @@ def eval_batches(source, transform, *, global_batch_size, id_field="sample_id", 
     """
     per_process = local_batch_size(global_batch_size)
     cached = None if cache is None else cache.get(source, transform, id_field)
-    ds = process_slice(source)
+    # This process's examples: every process_count-th, from its own index.
     indices = np.arange(len(source))[jax.process_index()::jax.process_count()]
-
-    def read(lo, hi):
-        """(this process's examples lo..hi-1 transformed and stacked, with `index`; their ids):
-        from the cache one gather per field."""
-        at = indices[lo:hi]
-        if cached is not None:
-            arrays, ids = cached.take(at), [cached.id(i) for i in at]
-        else:
-            examples = [ds[i] for i in range(lo, hi)]
-            rows = [transform(example) for example in examples]
-            arrays = {name: np.stack([row[name] for row in rows]) for name in rows[0]}
-            ids = [decode_id(example, id_field) for example in examples]
+    for b in range(num_eval_batches(len(source), global_batch_size)):
+        at = indices[b * per_process:(b + 1) * per_process]
+        # A process that ran out before the others (or had no example) keeps them in step
+        # with a fully masked batch of the split's first example.
+        real = len(at) > 0
+        at = at if real else np.zeros(1, np.int64)
+        arrays, ids = read_examples(source, at, transform, id_field, cached)
         arrays["index"] = at.astype(np.int32)
-        return arrays, ids
-
-    n_batches = num_eval_batches(len(source), global_batch_size)
-    for b in range(n_batches):
-        lo, hi = b * per_process, min((b + 1) * per_process, len(ds))
-        if hi > lo:
-            arrays, ids = read(lo, hi)
-            yield transforms.pad_batch(arrays, per_process), ids
-        else:
-            # This process ran out before the others (or had no example): a fully masked batch of
-            # the split's first example keeps them in step.
-            if cached is not None:
-                template = cached.take(np.zeros(1, np.int64))
-            else:
-                template = {name: np.asarray(v)[None] for name, v in transform(source[0]).items()}
-            template["index"] = np.zeros(1, np.int32)
-            batch = transforms.pad_batch(template, per_process)
+        batch = transforms.pad_batch(arrays, per_process)
+        if not real:
             batch["mask"][:] = False
-            yield batch, []
+        yield batch, ids if real else []
+
+
+def read_examples(source, positions, transform, id_field, cached=None):
+    """({field: [n, ...]}: the transformed examples of `source` at `positions`, stacked; their
+    decoded ids): from `cached` (the source's view of a TransformCache) one gather per field,
+    else read and transformed here."""
+    if cached is not None:
+        return cached.take(positions), [cached.id(i) for i in positions]
+    raw = [source[int(i)] for i in positions]
+    examples = [transform(r) for r in raw]
+    return ({name: np.stack([e[name] for e in examples]) for name in examples[0]},
+            [decode_id(r, id_field) for r in raw])
 
 
 def decode_id(example, id_field):
