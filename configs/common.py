@@ -128,9 +128,12 @@ def base_config():
     # several processes on one host set each one's share; 0: never); every fold's training,
     # evaluation and reference read-out gather from it (real MER-Cross track1_train: ~0.1 GB of
     # utterance features, ~2.8 GB raw). A split that does not fit is read and transformed per
-    # batch, for training in read_threads threads, prefetch_batches ahead.
+    # batch, for training in read_threads threads, prefetch_batches ahead. A held split that
+    # fits device_cache_bytes of each device's memory (-1: a quarter of an accelerator's, none
+    # on a CPU; 0: never) is copied to every device, and its training batches are gathered
+    # there (merjax/data/on_device.py): no host gather or transfer per step.
     c.pipeline = ml_collections.ConfigDict(dict(cache_bytes=-1, read_threads=4,
-                                                prefetch_batches=4))
+                                                prefetch_batches=4, device_cache_bytes=-1))
     # Multi-host: call jax.distributed.initialize() before any JAX op (Slurm/TPU auto-detect).
     c.distributed = False
     return c

@@ -9,10 +9,11 @@ matmul_flops_per_step, bytes_accessed_per_step, peak_memory_bytes_per_device, pa
 optimizer_bytes, peak_flops_per_s and peak_source) with the MFU they give, and the input
 pipeline's samples/s on its own and as a multiple of what training consumes
 (`pipeline_over_train`), after its set-up (`pipeline_setup_s`: the one pass that caches a split
-fitting config.pipeline.cache_bytes, then its first batch). Steps are timed once their rate
-has settled (`settle_s`: a fresh process runs its first seconds of steps slower). With
---synthetic no dataset is built: random inputs of the dataset's feature shapes are used
-(variable-length dims take --length), e.g. the MER-Cross baseline shapes with
+fitting config.pipeline.cache_bytes, then its first batch), and whether it gathered them on the
+devices as training does (`pipeline_on_device`: config.pipeline.device_cache_bytes). Steps are
+timed once their rate has settled (`settle_s`: a fresh process runs its first seconds of steps
+slower). With --synthetic no dataset is built: random inputs of the dataset's feature shapes
+are used (variable-length dims take --length), e.g. the MER-Cross baseline shapes with
 `--config=configs/cross.py:bench --synthetic`. Shapes and device are printed with the numbers
 so other stacks can be compared on the same work. Nothing here asserts a speed.
 
@@ -34,7 +35,7 @@ from absl import flags
 
 from merjax import cli, costs, profiling, sharding, tasks, train
 from merjax import main as train_command  # the same --config flag as training
-from merjax.data import pipeline, prepare
+from merjax.data import on_device, pipeline, prepare
 
 _STEPS = flags.DEFINE_integer("steps", 50, "Train steps in each timed window.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed windows of --steps steps: the report gives "
@@ -111,14 +112,19 @@ def main(argv):
 
     source = Repeated(train_source, SYNTHETIC_RECORDS) if _SYNTHETIC.value else train_source
     start = time.perf_counter()
+    devices = on_device.for_run(config, mesh)
     it = pipeline.train_iterator(source, task.make_transform(config, data),
                                  global_batch_size=config.batch_size, seed=config.seed,
-                                 **config.pipeline)
-    local = next(it)
+                                 cache_bytes=config.pipeline.cache_bytes,
+                                 read_threads=config.pipeline.read_threads,
+                                 prefetch_batches=config.pipeline.prefetch_batches,
+                                 on_device=devices)
+    local = jax.block_until_ready(next(it))
     setup_s = time.perf_counter() - start  # the cache's one pass over the split, if it fits
     start = time.perf_counter()
     for _ in range(_PIPELINE_BATCHES.value):
         local = next(it)
+    jax.block_until_ready(local)  # batches gathered on the devices are dispatched, not done
     pipeline_s = time.perf_counter() - start
 
     batch = sharding.to_global(local, mesh, config)
@@ -150,6 +156,7 @@ def main(argv):
         train_steps_per_s_range=[round(min(rates), 2), round(max(rates), 2)],
         train_samples_per_s=round(config.batch_size / step_s, 1),
         pipeline_setup_s=round(setup_s, 2), pipeline_records=len(source),
+        pipeline_on_device=isinstance(next(iter(local.values())), jax.Array),
         pipeline_samples_per_s=round(pipeline_rate, 1),
         # The input pipeline's headroom: how many times what training consumes it delivers.
         pipeline_over_train=round(pipeline_rate * step_s / config.batch_size, 2),

@@ -94,9 +94,17 @@ def state_shardings(abstract_state, mesh, config):
 
 
 def to_global(local_batch, mesh, config):
-    """Host-local numpy batch -> one global jax.Array per field, sharded along the batch."""
+    """Host-local numpy batch -> one global jax.Array per field, sharded along the batch. A
+    field that is a jax.Array already (a batch gathered on the devices, data/on_device.py) is
+    the global batch's and passes as it is."""
     sharding = batch_sharding(mesh, config)
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
+
+    def put(x):
+        if isinstance(x, jax.Array):
+            return x
+        return jax.make_array_from_process_local_data(sharding, x)
+
+    return jax.tree.map(put, local_batch)
 
 
 def log_parameters(state, shardings):

@@ -22,7 +22,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from merjax import checkpoint, costs, export, metrics, optim, reference, sharding, tasks
-from merjax.data import pipeline, prepare
+from merjax.data import on_device, pipeline, prepare
 
 MODES = ("train", "evaluate", "predict", "export")
 SELECT_PREFIX = "inner/"  # scores on a fold's own selection split (Fold.select)
@@ -286,7 +286,8 @@ def train_fold(config, task, data, fold, model_state, evaluator, ckpt, best, wri
         fold.train, evaluator.transform, global_batch_size=config.batch_size,
         seed=model_state.data_seed, cache=evaluator.cache,
         read_threads=config.pipeline.read_threads,
-        prefetch_batches=config.pipeline.prefetch_batches)
+        prefetch_batches=config.pipeline.prefetch_batches,
+        on_device=on_device.for_run(config, model_state.mesh))
     latest, scores = ckpt.latest_step(), None
     if latest is None:
         state, step = model_state.init(), 0

@@ -199,8 +199,10 @@ def test_benchmark_reports_the_baseline_shapes(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "merjax.bench", "--config=configs/cross.py:bench", "--synthetic",
          "--steps=2", "--repeats=3", "--pipeline_batches=2", f"--profile={tmp_path / 'profile'}",
-         "--profile_steps=2", "--profile_top=5"], cwd=root, capture_output=True, text=True,
-        timeout=300)
+         "--profile_steps=2", "--profile_top=5",
+         # Its batches gathered on the (8 CPU) devices, as on an accelerator by default.
+         "--config.pipeline.device_cache_bytes=1000000000"],
+        cwd=root, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout)  # the JSON line alone: it pipes into jq
     assert isinstance(report, dict) and proc.stdout.count("\n") == 1
@@ -213,6 +215,7 @@ def test_benchmark_reports_the_baseline_shapes(tmp_path):
     assert report["input_shapes"]["text"] == [1, 1024]
     assert report["input_shapes"]["video"] == [1, 768]
     assert report["train_samples_per_s"] > 0 and report["pipeline_samples_per_s"] > 0
+    assert report["pipeline_on_device"] is True
     # The median of the three timed windows, between the slowest and the fastest.
     slowest, fastest = report["train_steps_per_s_range"]
     assert 0 < slowest <= report["train_steps_per_s"] <= fastest

@@ -106,14 +106,20 @@ def test_cross_two_processes_resume_a_cv_run_like_one(tfds_dir, tmp_path):
                  "reference.l2": (1.0,)}
     spec = "configs/cross.py:runlocal"
     multi, one = tmp_path / "two_processes", tmp_path / "one_process"
+    # The two processes gather their training batches on the devices, each the global batch
+    # (data/on_device.py); the one process gathers its batches on the host.
+    on_devices = dict(overrides, **{"pipeline.device_cache_bytes": 1 << 30})
     # Stopped in the second fold: the resumed run restores the first and finishes the second.
-    first = stop_after_first_checkpoint(launch(multi, spec, overrides),
+    first = stop_after_first_checkpoint(launch(multi, spec, on_devices),
                                         multi / "fold_1" / "checkpoints")
     total = cross_config.get_config("runlocal").total_steps
     assert 0 < first < total
     assert checkpoint_steps(multi / "fold_0" / "checkpoints")[-1] == total
     assert_checkpoint_parts(multi / "fold_1" / "checkpoints" / str(first))
-    finish(launch(multi, spec, overrides))
+    finish(launch(multi, spec, on_devices))
+    for index in range(PROCESSES):
+        assert "training batches gathered on the devices" in (
+            multi / f"train.process_{index}.log").read_text()
 
     train.run(configure(cross_config.get_config("runlocal"), overrides), str(one))
 

@@ -6,8 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from merjax import reference
-from merjax.data import pipeline, transforms
+from configs import ps as ps_config
+from merjax import reference, sharding
+from merjax.data import on_device, pipeline, transforms
 
 
 def _source(n):
@@ -257,3 +258,46 @@ def test_a_held_split_transforms_only_the_examples_its_readers_ask_for():
     cached = read(cache)
     assert transform.calls == {0: 1, 3: 1, 5: 1, 6: 1, 7: 1, 8: 1}
     _assert_same_batches(cached, read(None))
+
+
+@pytest.mark.parametrize("budget", [1 << 20, 16])
+def test_batches_gathered_on_the_devices_are_the_host_batches(budget):
+    """A held split within config.pipeline.device_cache_bytes is copied to the 8 devices and a
+    training batch is gathered there: the global batch, sharded as the step takes it, equal to
+    the host's, through epochs' ends and a restore. Over the budget it stays on the host."""
+    config = ps_config.get_config("runlocal")
+    config.pipeline.device_cache_bytes = budget
+    mesh = sharding.make_mesh(config.mesh)
+    devices = on_device.for_run(config, mesh)
+    source = pipeline.Subset(_source(13), np.arange(2, 12))  # 10 examples; batches of 8
+
+    def iterator(**kwargs):
+        return pipeline.train_iterator(source, _transform, global_batch_size=8, seed=4,
+                                       cache_bytes=1 << 20, **kwargs)
+
+    host, gathered = iterator(), iterator(on_device=devices)
+    want, got = [next(host) for _ in range(6)], [next(gathered) for _ in range(6)]
+    on_devices = budget > 3 * 10 * 4 + 10 * 4  # the split's x and y
+    for batch in got:
+        for value in batch.values():
+            assert isinstance(value, jax.Array) == on_devices
+            if on_devices:
+                assert value.sharding == sharding.batch_sharding(mesh, config)
+                assert len(value.addressable_shards) == 8
+    _assert_same_batches([jax.tree.map(np.asarray, b) for b in got], want)
+
+    restored = iterator(on_device=devices)
+    restored.set_state(gathered.get_state())
+    again = iterator(on_device=devices)
+    for _ in range(6):
+        next(again)
+    _assert_same_batches([jax.tree.map(np.asarray, next(restored)) for _ in range(3)],
+                         [jax.tree.map(np.asarray, next(again)) for _ in range(3)])
+
+
+def test_devices_hold_no_copy_on_a_cpu_unless_asked():
+    assert on_device.device_budget(-1) == 0  # a CPU device's memory is the host cache's
+    assert on_device.device_budget(1 << 20) == 1 << 20
+    config = ps_config.get_config("runlocal")
+    assert config.pipeline.device_cache_bytes == -1
+    assert on_device.for_run(config, sharding.make_mesh(config.mesh)) is None

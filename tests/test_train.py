@@ -17,7 +17,7 @@ import pytest
 
 from configs import ps as ps_config
 from merjax import checkpoint, train
-from merjax.data import prepare
+from merjax.data import on_device, prepare
 from merjax.tasks import ps as ps_task
 
 
@@ -104,6 +104,37 @@ def test_killed_run_resumes_to_the_same_numbers(full_run, tfds_dir, tmp_path, mo
     train.run(config, str(tmp_path))  # the same command again
     resumed, uninterrupted = _final_eval(tmp_path), _final_eval(workdir)
     assert resumed == uninterrupted
+    assert _predictions(tmp_path) == _predictions(workdir)
+
+
+def test_batches_gathered_on_the_devices_train_and_resume_like_host_batches(
+        full_run, tfds_dir, tmp_path, monkeypatch):
+    """config.pipeline.device_cache_bytes (on by default on accelerators only): the training
+    batches are gathered from a copy on the 8 devices, through a kill and a resume."""
+    workdir, _, _ = full_run
+    config = _config(tfds_dir, **{"pipeline.device_cache_bytes": 1 << 30})
+    original_save = checkpoint.Checkpointer.save
+
+    def save_then_die(self, step, *args):
+        original_save(self, step, *args)
+        self.wait()
+        if os.path.basename(self.directory) == "checkpoints" and step == 10:
+            raise KeyboardInterrupt(f"simulated kill after checkpoint {step}")
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", save_then_die)
+    gathered = []
+    original_take = on_device.DeviceSplit.take
+    monkeypatch.setattr(on_device.DeviceSplit, "take",
+                        lambda self, positions: gathered.append(len(positions)) or
+                        original_take(self, positions))
+    with pytest.raises(KeyboardInterrupt):
+        train.run(config, str(tmp_path))
+    train.run(config, str(tmp_path))
+    assert gathered == [config.batch_size] * config.total_steps
+    losses = [[m["train/loss"] for m in _metrics(d) if "train/loss" in m]
+              for d in (tmp_path, workdir)]
+    assert losses[0] == losses[1] and len(losses[0]) > 2
+    assert _final_eval(tmp_path) == _final_eval(workdir)
     assert _predictions(tmp_path) == _predictions(workdir)
 
 

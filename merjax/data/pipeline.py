@@ -45,7 +45,7 @@ class Subset:
 
 def train_iterator(source, transform, *, global_batch_size, seed, process_index=None,
                    process_count=None, cache_bytes=0, cache=None, read_threads=1,
-                   prefetch_batches=4):
+                   prefetch_batches=4, on_device=None):
     """An endless, checkpointable iterator of this process's training batches.
 
     The order is global: epoch e visits the split in a seeded permutation of its own, and the
@@ -57,9 +57,12 @@ def train_iterator(source, transform, *, global_batch_size, seed, process_index=
     ~30-900 us an element here (the shuffle more on short splits), several times the train step
     of a small model. When `cache` (a TransformCache: the run's, shared with evaluation and the
     other folds; without one, this iterator's own of `cache_bytes` bytes) holds the split, a
-    batch is one gather from its transformed arrays. Otherwise it is read and transformed per
-    batch in `read_threads` threads, at most `prefetch_batches` batches ahead (grain's default
-    of 500 elements held 5 GB of raw MER-Cross batches); either way the batches are the same.
+    batch is one gather from its transformed arrays; with `on_device` (a data.on_device.OnDevice)
+    and a split within its budget, that gather runs on the devices and yields the whole global
+    batch as jax.Arrays with the batch sharding (every process the same). Otherwise it is read
+    and transformed per batch in `read_threads` threads, at most `prefetch_batches` batches
+    ahead (grain's default of 500 elements held 5 GB of raw MER-Cross batches); every way gives
+    the same batches.
     The position (a batch count) is checkpointed by checkpoint.py through grain.
     """
     if len(source) == 0:
@@ -75,8 +78,12 @@ def train_iterator(source, transform, *, global_batch_size, seed, process_index=
     cached = cache.get(source, transform)
     # Every batch has the first example's fields, shapes and dtypes (one compiled step).
     first = cache.first(source, transform)
+    held = (None if cached is None or on_device is None else
+            on_device.hold(cached, f"{cache.name(source)} ({len(source)} examples read)"))
 
     def batch(b):
+        if held is not None:
+            return held.take(order.indices(b * global_batch_size, (b + 1) * global_batch_size))
         start = b * global_batch_size + process_index * per_process
         rows = order.indices(start, start + per_process)
         if cached is not None:
@@ -165,7 +172,9 @@ class TransformCache:
         example of it has."""
         return self._entry(_underlying(source)[0], transform).first
 
-    def _name(self, split):
+    def name(self, source):
+        """The log's name of `source`'s split ("train split")."""
+        split = _underlying(source)[0]
         return f"{self._names[id(split)]} split" if id(split) in self._names else "split"
 
     def _entry(self, split, transform):
@@ -181,12 +190,12 @@ class TransformCache:
         if self.used + size > self.budget:
             logging.info("%s of %d examples (%.2f GB transformed) read per batch: over "
                          "config.pipeline.cache_bytes=%d (%.2f GB of it hold other splits)",
-                         self._name(split), len(split), size / 1e9, self.budget, self.used / 1e9)
+                         self.name(split), len(split), size / 1e9, self.budget, self.used / 1e9)
             return _Entry(first, None, None, None)
         self.used += size
         entry = _Entry(first, empty_like(first, len(split)),
                        [None] * len(split) if self.id_field else None, np.zeros(len(split), bool))
-        put(entry.arrays, 0, first, f"{self._name(split)} example 0")
+        put(entry.arrays, 0, first, f"{self.name(split)} example 0")
         if entry.ids is not None:
             entry.ids[0] = decode_id(split[0], self.id_field)
         entry.filled[0] = True
@@ -197,7 +206,7 @@ class TransformCache:
         todo = np.unique(rows[~entry.filled[rows]])
         if not len(todo):
             return
-        name, start = self._name(split), time.perf_counter()
+        name, start = self.name(split), time.perf_counter()
         for i in todo:
             example = split[int(i)]
             put(entry.arrays, i, transform(example), f"{name} example {i}")
