@@ -298,6 +298,8 @@ def test_batches_gathered_on_the_devices_are_the_host_batches(budget):
 def test_devices_hold_no_copy_on_a_cpu_unless_asked():
     assert on_device.device_budget(-1) == 0  # a CPU device's memory is the host cache's
     assert on_device.device_budget(1 << 20) == 1 << 20
+    with pytest.raises(ValueError, match=r"device_cache_bytes must be -1 .* found -2"):
+        on_device.device_budget(-2)
     config = ps_config.get_config("runlocal")
     assert config.pipeline.device_cache_bytes == -1
     assert on_device.for_run(config, sharding.make_mesh(config.mesh)) is None

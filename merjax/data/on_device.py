@@ -20,6 +20,10 @@ def device_budget(device_cache_bytes):
     quarter of an accelerator's memory and nothing on a CPU (whose devices are the host's
     memory, which the host cache uses already)."""
     if device_cache_bytes != -1:
+        if int(device_cache_bytes) != device_cache_bytes or device_cache_bytes < 0:
+            raise ValueError(f"config.pipeline.device_cache_bytes must be -1 (a quarter of an "
+                             f"accelerator's memory), 0 (never) or a number of bytes; found "
+                             f"{device_cache_bytes!r}")
         return int(device_cache_bytes)
     device = jax.local_devices()[0]
     if device.platform == "cpu":
@@ -61,7 +65,9 @@ class OnDevice:
 
 
 class DeviceSplit:
-    """A split's transformed arrays on every device, and the rows of it a source reads."""
+    """A split's transformed arrays on every device, and the rows of it a source reads. The copy
+    is made after the cache transformed those rows (TransformCache.get); rows no reader had
+    asked for are copied unset, and this source never gathers them."""
 
     def __init__(self, on_device, arrays, rows):
         self.on_device, self.arrays, self.rows = on_device, arrays, rows
