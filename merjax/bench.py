@@ -2,8 +2,12 @@
 
 Prints one JSON line, alone on stdout (logs go to stderr; it pipes into `jq`): the model's
 parameter count, train steps/s and samples/s at the config's global batch and input shapes (one
-fixed batch, so only the compiled step is timed; the median of --repeats windows of --steps
-steps, with the windows' range: on a shared host one window can be 20% off another), the
+fixed batch, so only the compiled step is timed; the median of --repeats clean windows of
+--steps steps, with their range: on a shared host one window can be 20% off another, so each
+window waits for a quiet moment and counts only if other processes used under --max_foreign of
+the cores during it, as ../shared/peer_bench times PyTorch (merjax/contention.py);
+`train_foreign_cpu` gives every window's share and `train_contended` says when too few were
+clean and all were used), the
 compiled step's costs as the train loop writes them (merjax/costs.py: flops_per_step,
 matmul_flops_per_step, bytes_accessed_per_step, peak_memory_bytes_per_device, param_bytes,
 optimizer_bytes, peak_flops_per_s and peak_source) with the MFU they give, and the input
@@ -33,13 +37,17 @@ import jax
 import numpy as np
 from absl import flags
 
-from merjax import cli, costs, profiling, sharding, tasks, train
+from merjax import cli, contention, costs, profiling, sharding, tasks, train
 from merjax import main as train_command  # the same --config flag as training
 from merjax.data import on_device, pipeline, prepare
 
 _STEPS = flags.DEFINE_integer("steps", 50, "Train steps in each timed window.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed windows of --steps steps: the report gives "
-                                "their median rate and its range.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Clean timed windows of --steps steps (see "
+                                "--max_foreign): the report gives their median rate and range.")
+_MAX_FOREIGN = flags.DEFINE_float("max_foreign", 0.05, "A timed window is clean when other "
+                                  "processes used less than this share of all cores during it.")
+_QUIET_WAIT_S = flags.DEFINE_float("quiet_wait_s", 30.0, "Before each timed window, wait up to "
+                                   "this long for other processes to go quiet (0: never wait).")
 _PIPELINE_BATCHES = flags.DEFINE_integer("pipeline_batches", 50, "Timed input-pipeline batches.")
 _SYNTHETIC = flags.DEFINE_bool("synthetic", False, "Random inputs of the dataset's shapes.")
 _LENGTH = flags.DEFINE_integer("length", 32, "Length of variable-length dims with --synthetic.")
@@ -136,11 +144,19 @@ def main(argv):
     # The state's leaves, as the train loop holds them between steps.
     leaves = settle(compiled, compiled.flatten(state), batch)
     settle_s = time.perf_counter() - start
-    rates = []
-    for _ in range(max(1, _REPEATS.value)):
-        leaves, seconds = timed_steps(compiled, leaves, batch, _STEPS.value)
+    # ../shared/peer_bench's protocol: windows until --repeats are clean (others used under
+    # --max_foreign of the cores) or 3x as many ran; the median of the clean ones (of all,
+    # reported as contended, where fewer were clean).
+    repeats, rates, foreign, waited = max(1, _REPEATS.value), [], [], 0.0
+    while sum(map(clean, foreign)) < repeats and len(rates) < 3 * repeats:
+        waited += contention.wait_for_quiet(_MAX_FOREIGN.value, _QUIET_WAIT_S.value)
+        leaves, seconds, share = timed_steps(compiled, leaves, batch, _STEPS.value)
         rates.append(1 / seconds)
-    step_s = 1 / float(np.median(rates))
+        foreign.append(share)
+    used = [r for r, f in zip(rates, foreign) if clean(f)]
+    contended = len(used) < repeats
+    used = rates if contended else used
+    step_s = 1 / float(np.median(used))
     profile = {}
     if _PROFILE.value:
         profile = profiled_steps(model_state, compiled, compiled.unflatten(leaves), batch)
@@ -153,7 +169,10 @@ def main(argv):
         input_shapes={k: list(v.shape[1:]) for k, v in local.items()},
         compile_s=round(compile_s, 2), settle_s=round(settle_s, 2),
         train_steps_per_s=round(1 / step_s, 2),
-        train_steps_per_s_range=[round(min(rates), 2), round(max(rates), 2)],
+        train_steps_per_s_range=[round(min(used), 2), round(max(used), 2)],
+        # Each timed window's share of the cores other processes used (null: not measurable).
+        train_foreign_cpu=[None if f is None else round(f, 3) for f in foreign],
+        train_contended=contended, quiet_wait_s=round(waited, 1),
         train_samples_per_s=round(config.batch_size / step_s, 1),
         pipeline_setup_s=round(setup_s, 2), pipeline_records=len(source),
         pipeline_on_device=isinstance(next(iter(local.values())), jax.Array),
@@ -166,12 +185,18 @@ def main(argv):
 
 
 def timed_steps(compiled, leaves, batch, steps):
-    """(state leaves, seconds per step) over `steps` steps, waiting for the last one."""
-    start = time.perf_counter()
-    for _ in range(steps):
-        leaves, metrics = compiled.leaves(leaves, batch)
-    jax.block_until_ready(metrics)
-    return leaves, (time.perf_counter() - start) / steps
+    """(state leaves, seconds per step, the share of the cores other processes used meanwhile)
+    over `steps` steps, waiting for the last one."""
+    with contention.Window() as window:
+        for _ in range(steps):
+            leaves, metrics = compiled.leaves(leaves, batch)
+        jax.block_until_ready(metrics)
+    return leaves, window.seconds / steps, window.foreign
+
+
+def clean(foreign):
+    """Whether a window whose foreign share was `foreign` counts (unknown: it does)."""
+    return foreign is None or foreign < _MAX_FOREIGN.value
 
 
 def settle(compiled, leaves, batch, chunk_s=0.5, agree=0.1, max_s=15.0):
@@ -180,11 +205,11 @@ def settle(compiled, leaves, batch, chunk_s=0.5, agree=0.1, max_s=15.0):
     compiling ran 5-10x slower for a few seconds (the set-up's background threads still hold the
     cores; measured on the MERTools baseline: 19-51 steps/s for ~150 steps, then 370-450), so a
     fixed warm-up timed the start-up instead of the step."""
-    leaves, first = timed_steps(compiled, leaves, batch, 1)
+    leaves, first, _ = timed_steps(compiled, leaves, batch, 1)
     steps = max(1, int(chunk_s / max(first, 1e-6)))
     start, previous = time.perf_counter(), None
     while time.perf_counter() - start < max_s:
-        leaves, seconds = timed_steps(compiled, leaves, batch, steps)
+        leaves, seconds, _ = timed_steps(compiled, leaves, batch, steps)
         if previous is not None and abs(seconds - previous) <= agree * previous:
             break
         previous = seconds

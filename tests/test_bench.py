@@ -1,15 +1,18 @@
 """Where a step's time goes (merjax/profiling.py, `python -m merjax.bench --profile`): self times of
 nested trace events, the per-op table of a traced program, and what the benchmark's --profile
-gives (checked on tests/test_cross.py's benchmark run)."""
+gives (checked on tests/test_cross.py's benchmark run). And how busy other processes keep the
+machine while the benchmark times a window (merjax/contention.py)."""
 import glob
 import os
+import subprocess
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-from merjax import profiling
+from merjax import contention, profiling
 
 
 def test_a_nested_event_counts_once_as_its_own_time():
@@ -73,3 +76,38 @@ def check_profile(report, stderr, log_dir, top):
     lines = stderr.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("op ") and "ms/step" in line)
     assert lines[header + 1].split()[0] == profile[0]["op"]
+
+
+def _spinning_child(seconds):
+    """Another process keeping one core busy for `seconds`."""
+    return subprocess.Popen([sys.executable, "-c", f"import time\nend = time.time() + {seconds}\n"
+                             "while time.time() < end: pass"])
+
+
+def test_a_window_counts_the_cores_other_processes_use():
+    child = _spinning_child(1.5)
+    try:
+        time.sleep(0.2)  # the child is running
+        with contention.Window() as window:
+            time.sleep(0.6)
+    finally:
+        child.wait()
+    assert window.seconds >= 0.6
+    # One of this machine's cores spun by another process: at least ~1/cores of them.
+    assert window.foreign >= 0.5 / os.cpu_count()
+    with contention.Window() as own:  # this process's own work is not foreign
+        end = time.perf_counter() + 0.3
+        while time.perf_counter() < end:
+            pass
+    assert 0.0 <= own.foreign <= 1.0
+
+
+def test_waiting_for_quiet_gives_up_after_its_limit():
+    assert contention.wait_for_quiet(max_foreign=2.0, max_wait_s=30) < 5  # always quiet
+    child = _spinning_child(3)
+    try:
+        time.sleep(0.2)
+        waited = contention.wait_for_quiet(max_foreign=0.0, max_wait_s=1.0)
+    finally:
+        child.wait()
+    assert 1.0 <= waited < 2.0

@@ -67,3 +67,23 @@ def test_batch_sharded_draws_in_place_and_equal_unsharded():
     hlo = step.lower(x_s, key).compile().as_text()
     assert "all-gather" not in hlo and "all-to-all" not in hlo
     np.testing.assert_array_equal(step(x_s, key), step(x, key))
+
+
+@pytest.mark.parametrize("shape", [(), (7,), (3, 5, 6), (2, 1, 4, 3), (0, 4), (64, 12, 32)])
+def test_random_bits_are_jax_random_bits_bit_for_bit(shape):
+    """layers.random_bits writes jax's threefry out as one expression; its bits are jax's."""
+    key = jax.random.fold_in(jax.random.key(11), 4)
+    want = np.asarray(jax.random.bits(key, shape, jnp.uint32))
+    got = np.asarray(jax.jit(layers.random_bits, static_argnums=1)(key, shape))
+    assert got.dtype == np.uint32 and got.shape == shape
+    np.testing.assert_array_equal(got, want)
+
+
+def test_random_bits_hand_other_keys_and_layouts_to_jax():
+    for key in (jax.random.key(3, impl="rbg"), jax.random.key(3, impl="unsafe_rbg")):
+        np.testing.assert_array_equal(layers.random_bits(key, (4, 5)),
+                                      jax.random.bits(key, (4, 5), jnp.uint32))
+    with jax.threefry_partitionable(False):
+        key = jax.random.key(3)
+        np.testing.assert_array_equal(layers.random_bits(key, (4, 5)),
+                                      jax.random.bits(key, (4, 5), jnp.uint32))

@@ -9,6 +9,7 @@ parameters are always created in float32, and are cast to `dtype` where they are
 optimizer state and its updates stay float32 under bfloat16 compute.
 """
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -77,6 +78,42 @@ class Embedding(nnx.Module):
         return jnp.take(self.table[...], ids, axis=0).astype(self.dtype)
 
 
+# Threefry-2x32's rotation amounts, its two alternating groups of four rounds (Salmon et al.
+# 2011, "Parallel random numbers: as easy as 1, 2, 3"; jax's threefry2x32).
+_THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+
+
+def random_bits(key, shape):
+    """jax.random.bits(key, shape, jnp.uint32), bit for bit, written as one elementwise
+    expression of the elements' flat indices (jax's threefry, partitionable layout: the hash of
+    (0, index) under the key, its two words xor-ed).
+
+    Why: XLA:CPU gets jax's threefry as a loop of its five key injections (rolled, to compile
+    faster), whose ops run one after another on whole arrays and never fuse with the mask that
+    reads them; written out, the hash is one fusion. 2-core CPU, alternated: [32, 274, 64] bits in
+    0.54 ms instead of 1.85, [32, 64] in 11 us instead of 53. Each device hashes only the
+    indices of its shard, as jax's does. Keys of another implementation, the non-partitionable
+    layout and arrays of 2^32 elements or more go to jax.random.bits."""
+    size = math.prod(shape)
+    if (not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+            or str(jax.random.key_impl(key)) != "threefry2x32"
+            or not jax.config.jax_threefry_partitionable or size >= 2 ** 32):
+        return jax.random.bits(key, shape, jnp.uint32)
+    k0, k1 = jax.random.key_data(key)
+    keys = (k0, k1, k0 ^ k1 ^ np.uint32(0x1BD11BDA))
+    # The counter's low word is the flat index; its high word, 0 below 2^32 elements.
+    index = sum(jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * np.uint32(stride)
+                for axis, stride in enumerate(math.prod(shape[a + 1:]) for a in range(len(shape))))
+    x0, x1 = jnp.zeros(shape, jnp.uint32) + keys[0], index + keys[1]
+    for injection in range(5):
+        for r in _THREEFRY_ROTATIONS[injection % 2]:
+            x0 = x0 + x1
+            x1 = ((x1 << np.uint32(r)) | (x1 >> np.uint32(32 - r))) ^ x0
+        x0 = x0 + keys[(injection + 1) % 3]
+        x1 = x1 + keys[(injection + 2) % 3] + np.uint32(injection + 1)
+    return x0 ^ x1
+
+
 class Dropout(nnx.Module):
     """Inverted dropout (nnx.Dropout's interface) drawing 16 random bits per element, where
     nnx.Dropout draws a 32-bit uniform float: each 32-bit threefry output serves two elements,
@@ -97,7 +134,7 @@ class Dropout(nnx.Module):
         # Bits for half of the last axis, split into their high and low halves: the leading
         # (batch-sharded) axes keep their shape, so each device draws only its own bits.
         half = -(-x.shape[-1] // 2)
-        bits = jax.random.bits(rngs.dropout(), x.shape[:-1] + (half,), jnp.uint32)
+        bits = random_bits(rngs.dropout(), x.shape[:-1] + (half,))
         draws = jnp.concatenate([bits >> 16, bits & 0xFFFF], axis=-1)[..., :x.shape[-1]]
         scale = jnp.asarray(65536 / threshold, x.dtype)
         return jnp.where(draws < threshold, x * scale, jnp.zeros((), x.dtype))
