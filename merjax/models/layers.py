@@ -92,11 +92,11 @@ def random_bits(key, shape):
     faster), whose ops run one after another on whole arrays and never fuse with the mask that
     reads them; written out, the hash is one fusion. 2-core CPU, alternated: [32, 274, 64] bits in
     0.54 ms instead of 1.85, [32, 64] in 11 us instead of 53. Each device hashes only the
-    indices of its shard, as jax's does. Keys of another implementation, the non-partitionable
-    layout and arrays of 2^32 elements or more go to jax.random.bits."""
+    indices of its shard, as jax's does. Arrays of keys, keys of another implementation, the
+    non-partitionable layout and arrays of 2^32 elements or more go to jax.random.bits."""
     size = math.prod(shape)
     if (not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
-            or str(jax.random.key_impl(key)) != "threefry2x32"
+            or key.shape or str(jax.random.key_impl(key)) != "threefry2x32"
             or not jax.config.jax_threefry_partitionable or size >= 2 ** 32):
         return jax.random.bits(key, shape, jnp.uint32)
     k0, k1 = jax.random.key_data(key)
