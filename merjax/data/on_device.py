@@ -47,7 +47,8 @@ class OnDevice:
 
     def __init__(self, budget, replicated, batch):
         self.budget, self.replicated, self.batch = int(budget), replicated, batch
-        self._gather = jax.jit(_gather, out_shardings=batch)
+        # {field: [N, ...]} on every device, global row indices -> the batch, batch-sharded.
+        self.gather = jax.jit(_gather, out_shardings=batch)
 
     def hold(self, cached, what):
         """A `DeviceSplit` of `cached` (a pipeline.Cached view of a split's arrays), or None
@@ -76,7 +77,7 @@ class DeviceSplit:
         """{field: a global jax.Array with the batch sharding}: the source's examples at
         `positions`, the same on every process (the global batch's)."""
         at = _put(self.rows[positions].astype(np.int32), self.on_device.replicated)
-        return self.on_device._gather(self.arrays, at)
+        return self.on_device.gather(self.arrays, at)
 
 
 def _gather(arrays, rows):
