@@ -14,7 +14,10 @@ optimizer_bytes, peak_flops_per_s and peak_source) with the MFU they give, and t
 pipeline's samples/s on its own and as a multiple of what training consumes
 (`pipeline_over_train`), after its set-up (`pipeline_setup_s`: the one pass that caches a split
 fitting config.pipeline.cache_bytes, then its first batch), and whether it gathered them on the
-devices as training does (`pipeline_on_device`: config.pipeline.device_cache_bytes). Steps are
+devices as training does (`pipeline_on_device`: config.pipeline.device_cache_bytes). With
+--matmuls_alone (default) the step's matmuls are also timed each alone at its shapes
+(costs.matmuls_alone_seconds): `matmuls_alone_ms_per_step`, and `matmul_ceiling_mfu`, the MFU
+the step would reach if all its other work took no time. Steps are
 timed once their rate has settled (`settle_s`: a fresh process runs its first seconds of steps
 slower). With --synthetic no dataset is built: random inputs of the dataset's feature shapes
 are used (variable-length dims take --length), e.g. the MER-Cross baseline shapes with
@@ -54,6 +57,9 @@ _LENGTH = flags.DEFINE_integer("length", 32, "Length of variable-length dims wit
 _PROFILE = flags.DEFINE_string("profile", "", "Folder for a jax.profiler trace of "
                                "--profile_steps steps and their per-op breakdown ('': none).")
 _PROFILE_STEPS = flags.DEFINE_integer("profile_steps", 5, "Train steps traced with --profile.")
+_MATMULS_ALONE = flags.DEFINE_bool(
+    "matmuls_alone", True, "Time the step's matmuls each alone at their shapes and report the "
+    "MFU they allow (matmul_ceiling_mfu).")
 _PROFILE_TOP = flags.DEFINE_integer("profile_top", 20, "Ops listed in the JSON's `profile`.")
 
 
@@ -162,6 +168,14 @@ def main(argv):
         profile = profiled_steps(model_state, compiled, compiled.unflatten(leaves), batch)
 
     cost = {k: v for k, v in compiled.cost.items() if not k.startswith("mesh_")}  # as `mesh`
+    ceiling = {}
+    if _MATMULS_ALONE.value:
+        alone_s = costs.matmuls_alone_seconds(compiled.jaxpr)
+        one_device_peak, _ = costs.peak_flops(config.model.get("dtype", "float32"), 1)
+        ceiling = dict(matmuls_alone_ms_per_step=round(alone_s * 1e3, 2),
+                       matmul_ceiling_mfu=costs.mfu(cost["matmul_flops_per_step"],
+                                                    1 / alone_s if alone_s else None,
+                                                    one_device_peak))
     pipeline_rate = _PIPELINE_BATCHES.value * config.batch_size / pipeline_s
     report = dict(
         task=config.task, device=jax.devices()[0].device_kind, devices=jax.device_count(),
@@ -180,7 +194,8 @@ def main(argv):
         # The input pipeline's headroom: how many times what training consumes it delivers.
         pipeline_over_train=round(pipeline_rate * step_s / config.batch_size, 2),
         data=data.release, **cost,
-        mfu=costs.mfu(cost["flops_per_step"], 1 / step_s, cost["peak_flops_per_s"]), **profile)
+        mfu=costs.mfu(cost["flops_per_step"], 1 / step_s, cost["peak_flops_per_s"]),
+        **ceiling, **profile)
     print(json.dumps(report))
 
 

@@ -116,25 +116,78 @@ def peak_flops(dtype="float32", num_devices=None, device_kind=None):
 
 def matmul_flops(jaxpr):
     """FLOPs of the dot_general and conv_general_dilated ops of a (closed) jaxpr, the whole
-    program's (not one device's), nested jaxprs included: a scan's body times its length, the
-    costliest branch of a cond, a while loop's body once (its trip count is not known)."""
+    program's (not one device's), nested jaxprs included (as `matmul_ops` counts them)."""
+    return sum(_op_flops(eqn) * n for eqn, n in matmul_ops(jaxpr))
+
+
+def matmul_ops(jaxpr):
+    """[(eqn, executions)]: the dot_general and conv_general_dilated equations of a (closed)
+    jaxpr, nested jaxprs included: a scan's body times its length, the costliest branch of a
+    cond, a while loop's body once (its trip count is not known)."""
     jaxpr = getattr(jaxpr, "jaxpr", jaxpr)  # a ClosedJaxpr's Jaxpr
-    total = 0
+    ops = []
     for eqn in jaxpr.eqns:
         name, params = eqn.primitive.name, eqn.params
-        if name == "dot_general":
-            (contracting, _), _ = params["dimension_numbers"]
-            lhs, out = eqn.invars[0].aval, eqn.outvars[0].aval
-            total += 2 * math.prod(out.shape) * math.prod(lhs.shape[d] for d in contracting)
-        elif name == "conv_general_dilated":
-            rhs, out = eqn.invars[1].aval, eqn.outvars[0].aval
-            rhs_spec = params["dimension_numbers"].rhs_spec  # (out feature, in feature, spatial)
-            total += 2 * math.prod(out.shape) * math.prod(rhs.shape[d] for d in rhs_spec[1:])
+        if name in ("dot_general", "conv_general_dilated"):
+            ops.append((eqn, 1))
         elif name == "cond":
-            total += max(matmul_flops(branch) for branch in params["branches"])
+            ops.extend(max((matmul_ops(branch) for branch in params["branches"]),
+                           key=lambda branch: sum(_op_flops(e) * n for e, n in branch)))
         else:
-            inner = sum(matmul_flops(v) for v in params.values() if _is_jaxpr(v))
-            total += inner * (params["length"] if name == "scan" else 1)
+            times = params["length"] if name == "scan" else 1
+            ops.extend((e, n * times) for v in params.values() if _is_jaxpr(v)
+                       for e, n in matmul_ops(v))
+    return ops
+
+
+def _op_flops(eqn):
+    out = eqn.outvars[0].aval
+    if eqn.primitive.name == "dot_general":
+        (contracting, _), _ = eqn.params["dimension_numbers"]
+        return 2 * math.prod(out.shape) * math.prod(eqn.invars[0].aval.shape[d]
+                                                    for d in contracting)
+    rhs_spec = eqn.params["dimension_numbers"].rhs_spec  # (out feature, in feature, spatial)
+    return 2 * math.prod(out.shape) * math.prod(eqn.invars[1].aval.shape[d]
+                                                for d in rhs_spec[1:])
+
+
+def matmuls_alone_seconds(jaxpr, repeats=5, calls=10):
+    """Seconds a call of the program spends in its matmuls (`matmul_ops`) when each runs alone,
+    jitted by itself on the first device at the program's (global) shapes: the median of
+    `repeats` timings of `calls` calls, less the time a call of a jitted scalar add takes (the
+    dispatch; ~8 us on the 2-core CPU), times the op's executions per call. Identical ops are
+    timed once.
+
+    Why: a step's matmuls at its own shapes may run far below the big square matmul the peak
+    is measured with (on the 2-core CPU the raw MER-Cross attention's [274, 16] x [16, 274]
+    products ran at a third of it), so `flops / this / peak` is about the MFU the step would
+    reach if everything else in it took no time: the ceiling its shapes set on this backend. It
+    is approximate: inside the step a matmul may find its inputs in cache, or fused with its
+    neighbours. On an accelerator a small op's time alone is mostly its launch."""
+    device = jax.devices()[0]
+
+    def per_call(fn, *args):
+        jax.block_until_ready(fn(*args))  # compile and warm up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(calls):
+                out = fn(*args)
+            jax.block_until_ready(out)
+            times.append((time.perf_counter() - start) / calls)
+        return float(np.median(times))
+
+    groups = {}
+    for eqn, n in matmul_ops(jaxpr):
+        key = (eqn.primitive.name, tuple((v.aval.shape, str(v.aval.dtype)) for v in eqn.invars),
+               repr(sorted(eqn.params.items())))
+        groups.setdefault(key, [eqn, 0])[1] += n
+    dispatch = per_call(jax.jit(lambda x: x + 1), jax.device_put(jnp.ones((1,)), device))
+    total = 0.0
+    for eqn, n in groups.values():
+        args = [jax.device_put(jnp.ones(v.aval.shape, v.aval.dtype), device) for v in eqn.invars]
+        op = jax.jit(functools.partial(eqn.primitive.bind, **eqn.params))
+        total += max(per_call(op, *args) - dispatch, 0.0) * n
     return total
 
 

@@ -50,6 +50,24 @@ def test_matmul_flops_of_a_traced_program_count_scans_and_backward_passes():
     assert costs.matmul_flops(jax.make_jaxpr(jax.grad(f))(w, xs)) == 2 * 3 * 2 * M * K * K
 
 
+def test_the_matmuls_of_a_program_with_their_executions_and_their_time_alone():
+    def f(w, xs, flag):
+        ys = jax.lax.scan(lambda w, x: (w, x @ w), w, xs)[1]  # 3 executions of one matmul
+        # The costlier branch counts: two [M, K] @ [K, K] matmuls against none.
+        z = jax.lax.cond(flag, lambda y: (y @ w) @ w, lambda y: y, ys[0])
+        return z.sum() + (xs[0] @ w).sum()
+
+    w, xs = jnp.ones((K, K)), jnp.ones((3, M, K))
+    jaxpr = jax.make_jaxpr(f)(w, xs, True)
+    ops = costs.matmul_ops(jaxpr)
+    assert sorted(n for _, n in ops) == [1, 1, 1, 3]
+    assert all(e.primitive.name == "dot_general" for e, _ in ops)
+    assert costs.matmul_flops(jaxpr) == 6 * 2 * M * K * K
+    assert costs.matmuls_alone_seconds(jaxpr, repeats=2, calls=2) > 0
+    # A program without matmuls spends no time in them.
+    assert costs.matmuls_alone_seconds(jax.make_jaxpr(jnp.tanh)(w)) == 0.0
+
+
 class _NoCosts:  # a backend that gives no counts, or XLA's -1 ("unknown", e.g. cuBLAS on GPU)
     def __init__(self, analysis):
         self.analysis = analysis

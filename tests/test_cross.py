@@ -209,7 +209,7 @@ def test_benchmark_reports_the_baseline_shapes(tmp_path):
     assert isinstance(report, dict) and proc.stdout.count("\n") == 1
     for key in ("flops_per_step", "matmul_flops_per_step", "bytes_accessed_per_step",
                 "peak_memory_bytes_per_device", "param_bytes", "optimizer_bytes",
-                "peak_flops_per_s", "mfu"):
+                "peak_flops_per_s", "mfu", "matmuls_alone_ms_per_step", "matmul_ceiling_mfu"):
         assert np.isfinite(report[key]) and report[key] > 0, key
     assert report["global_batch"] == 32 and report["params"] > 0
     assert report["input_shapes"]["audio"] == [1, 1024]
