@@ -29,7 +29,9 @@ import subprocess
 import sys
 import tempfile
 
-from absl import app, flags
+from absl import flags
+
+from merjax import cli
 
 _PEER_DIR = flags.DEFINE_string("peer_dir", None, "The PyTorch harness's folder "
                                 "(../shared/peer_bench).", required=True)
@@ -37,7 +39,8 @@ _PEER_PYTHON = flags.DEFINE_string("peer_python", "python3", "A python with torc
 _PEER_ARGS = flags.DEFINE_string("peer_args", "bench_fusion.py --only attention --quick",
                                  "The harness's command line after the interpreter.")
 _BENCH_CONFIG = flags.DEFINE_string("bench_config", "configs/cross.py:bench,mertools",
-                              "merjax.bench's --config: the same model as a harness record.")
+                                    "merjax.bench's --config: the same model as a harness "
+                                    "record.")
 _BENCH_ARGS = flags.DEFINE_string("bench_args", "--synthetic --steps=300",
                                   "merjax.bench's other flags.")
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "Alternated rounds.")
@@ -72,7 +75,7 @@ def matching_record(records, merjax):
 def _run(command, cwd=None, env=None):
     done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
     if done.returncode:
-        raise RuntimeError(f"{shlex.join(command)} (in {cwd or os.getcwd()}) exited with "
+        raise ValueError(f"{shlex.join(command)} (in {cwd or os.getcwd()}) exited with "
                            f"{done.returncode}; its stderr ends:\n{done.stderr[-3000:]}")
     return done.stdout
 
@@ -84,7 +87,7 @@ def run_peer(peer_dir, python, args):
         _run([python, *shlex.split(args)], cwd=peer_dir,
              env={**os.environ, "PEERBENCH_RESULTS": results})
         if not os.path.exists(results):
-            raise RuntimeError(f"The PyTorch harness ({args}, in {peer_dir}) wrote no results "
+            raise ValueError(f"The PyTorch harness ({args}, in {peer_dir}) wrote no results "
                                f"to PEERBENCH_RESULTS")
         with open(results) as f:
             return [json.loads(line) for line in f if line.strip()]
@@ -129,8 +132,13 @@ def _flag(side):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    del argv  # cli.run refuses stray arguments
+    script = os.path.join(_PEER_DIR.value, (shlex.split(_PEER_ARGS.value) or [""])[0])
+    if not os.path.isfile(script):
+        raise ValueError(f"--peer_dir={_PEER_DIR.value} has no {os.path.basename(script)!r} "
+                         f"(the first word of --peer_args): point it at ../shared/peer_bench")
+    if _ROUNDS.value < 1:
+        raise ValueError(f"--rounds must be at least 1; found {_ROUNDS.value}")
     ratios = []
     for index in range(_ROUNDS.value):
         record = one_round(index)
@@ -149,4 +157,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

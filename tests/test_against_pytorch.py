@@ -87,7 +87,17 @@ def test_rounds_alternate_and_each_compares_merjaxs_model(tmp_path):
     assert lines[-1].startswith(f"{reached} of 2 rounds at or above 3.0x")
 
 
+def test_a_folder_without_the_harness_is_refused_in_one_line_before_anything_runs(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.against_pytorch", f"--peer_dir={tmp_path}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"launch.against_pytorch: error: --peer_dir={tmp_path} has no 'bench_fusion.py' (the "
+        f"first word of --peer_args): point it at ../shared/peer_bench")
+
+
 def test_a_failing_harness_stops_the_comparison_with_its_stderr(tmp_path):
     (tmp_path / "bench_fusion.py").write_text("import sys\nsys.exit('no torch here')\n")
-    with pytest.raises(RuntimeError, match="(?s)exited with 1.*no torch here"):
+    with pytest.raises(ValueError, match="(?s)exited with 1.*no torch here"):
         against_pytorch.run_peer(str(tmp_path), sys.executable, "bench_fusion.py --quick")
