@@ -34,6 +34,7 @@ def one_error_line(proc, status):
     ("merjax.main", ("--config", "--workdir", "--mode")),
     ("launch.sweep", ("--config", "--workdir", "--mode", "--grid", "--[no]run")),
     ("launch.build", ("--config",)),
+    ("launch.against_pytorch", ("--peer_dir", "--peer_python", "--bench_config", "--rounds")),
 ])
 def test_help_exits_zero_and_lists_the_flags(module, shows, tmp_path):
     proc = command("-m", module, "--help", tmp_path=tmp_path)
