@@ -76,7 +76,7 @@ def _run(command, cwd=None, env=None):
     done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
     if done.returncode:
         raise ValueError(f"{shlex.join(command)} (in {cwd or os.getcwd()}) exited with "
-                           f"{done.returncode}; its stderr ends:\n{done.stderr[-3000:]}")
+                         f"{done.returncode}; its stderr ends:\n{done.stderr[-3000:]}")
     return done.stdout
 
 
@@ -88,7 +88,7 @@ def run_peer(peer_dir, python, args):
              env={**os.environ, "PEERBENCH_RESULTS": results})
         if not os.path.exists(results):
             raise ValueError(f"The PyTorch harness ({args}, in {peer_dir}) wrote no results "
-                               f"to PEERBENCH_RESULTS")
+                             f"to PEERBENCH_RESULTS")
         with open(results) as f:
             return [json.loads(line) for line in f if line.strip()]
 

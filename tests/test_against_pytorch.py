@@ -54,7 +54,7 @@ def test_rounds_alternate_and_each_compares_merjaxs_model(tmp_path):
     # A stand-in harness: appends both models' records to PEERBENCH_RESULTS, which must be a
     # fresh file each round (it asserts so), and counts its runs.
     (harness / "bench_fusion.py").write_text(textwrap.dedent(f"""
-        import json, os, sys
+        import json, os
         path = os.environ["PEERBENCH_RESULTS"]
         assert not os.path.exists(path), "results from an earlier run"
         with open(path, "a") as f:
