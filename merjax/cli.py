@@ -1,7 +1,8 @@
 """Command-line plumbing every merjax command shares (merjax.main, merjax.score, merjax.bench,
 launch.build, launch.sweep, launch.against_pytorch): --help exits 0, and a mistake in the
-command line, the config's values or the data ends in one line on stderr that says what is wrong, where and how to fix it
-(exit 2 for the command line, 1 for the rest; `--verbosity=1` also logs the traceback).
+command line, the config's values or the data ends in one line on stderr that says what is
+wrong, where and how to fix it (exit 2 for the command line, 1 for the rest; `--verbosity=1`
+also logs the traceback).
 Programming errors keep their traceback.
 """
 import difflib
