@@ -117,7 +117,7 @@ def peak_flops(dtype="float32", num_devices=None, device_kind=None):
 def matmul_flops(jaxpr):
     """FLOPs of the dot_general and conv_general_dilated ops of a (closed) jaxpr, the whole
     program's (not one device's), nested jaxprs included (as `matmul_ops` counts them)."""
-    return sum(_op_flops(eqn) * n for eqn, n in matmul_ops(jaxpr))
+    return _total_flops(matmul_ops(jaxpr))
 
 
 def matmul_ops(jaxpr):
@@ -132,12 +132,16 @@ def matmul_ops(jaxpr):
             ops.append((eqn, 1))
         elif name == "cond":
             ops.extend(max((matmul_ops(branch) for branch in params["branches"]),
-                           key=lambda branch: sum(_op_flops(e) * n for e, n in branch)))
+                           key=_total_flops))
         else:
             times = params["length"] if name == "scan" else 1
             ops.extend((e, n * times) for v in params.values() if _is_jaxpr(v)
                        for e, n in matmul_ops(v))
     return ops
+
+
+def _total_flops(ops):
+    return sum(_op_flops(eqn) * n for eqn, n in ops)
 
 
 def _op_flops(eqn):
