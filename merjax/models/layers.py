@@ -135,9 +135,15 @@ class Dropout(nnx.Module):
         # (batch-sharded) axes keep their shape, so each device draws only its own bits.
         half = -(-x.shape[-1] // 2)
         bits = random_bits(rngs.dropout(), x.shape[:-1] + (half,))
-        draws = jnp.concatenate([bits >> 16, bits & 0xFFFF], axis=-1)[..., :x.shape[-1]]
+        # Each half compared in place (high half < t iff bits < t * 2^16; low half < t iff
+        # (bits << 16) < t * 2^16), so only booleans are concatenated: the same mask as
+        # concatenating the two 16-bit halves first, where XLA:CPU materialised the uint32
+        # concatenation (a [32, 274, 128] dropout fwd+bwd: 3.2 ms -> 1.9; the raw MER-Cross
+        # step 1.06x, 12 alternated rounds).
+        limit = np.uint32(threshold << 16)
+        keep = jnp.concatenate([bits < limit, (bits << 16) < limit], axis=-1)[..., :x.shape[-1]]
         scale = jnp.asarray(65536 / threshold, x.dtype)
-        return jnp.where(draws < threshold, x * scale, jnp.zeros((), x.dtype))
+        return jnp.where(keep, x * scale, jnp.zeros((), x.dtype))
 
 
 class Mlp(nnx.Module):
