@@ -72,28 +72,50 @@ def table_peak(device_kind, dtype="float32"):
     return None
 
 
-@functools.cache
-def measured_matmul_flops(n=2048, repeats=5):
-    """FLOP/s of a jitted f32 [n, n] @ [n, n] on the first device, best of `repeats` timed runs
-    after a warm-up; measured once per process.
+# FLOP/s of every measurement of the f32 matmul taken in this process, by size.
+_MATMUL_RATES = {}
 
-    Measured rather than looked up because a CPU's (or an unknown accelerator's) peak depends
-    on its cores, vector width and clocks, and XLA reaches only part of that in practice: the
-    rate of a large matmul here is the ceiling this machine actually offers, so MFU reads as
-    "the share of what a plain big matmul achieves on this host". On CPU every (fake) device
-    shares the same cores, so this one device's rate is the whole host's. On a GPU this size is
-    too small to reach the peak (58 TFLOP/s on an H200, whose f32 matmuls reach 355), so an
-    unknown GPU's MFU reads high: add it to PEAKS.
-    """
+
+def measure_matmul_flops(n=2048, repeats=5):
+    """Takes one measurement: FLOP/s of a jitted f32 [n, n] @ [n, n] on the first device, the
+    best of `repeats` timed runs after a warm-up. `measured_matmul_flops` keeps the best."""
     x = jax.device_put(jnp.ones((n, n), jnp.float32), jax.devices()[0])
     matmul = jax.jit(jnp.matmul)
-    matmul(x, x).block_until_ready()  # compile and warm up
+    matmul(x, x).block_until_ready()  # compile (once per process) and warm up
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         matmul(x, x).block_until_ready()
         best = min(best, time.perf_counter() - start)
-    return 2 * n ** 3 / best
+    rate = 2 * n ** 3 / best
+    _MATMUL_RATES.setdefault(n, []).append(rate)
+    return rate
+
+
+def measured_matmul_flops(n=2048):
+    """The best FLOP/s of every `measure_matmul_flops(n)` taken in this process (one is taken
+    when there is none).
+
+    Measured rather than looked up because a CPU's (or an unknown accelerator's) peak depends
+    on its cores, vector width and clocks, and XLA reaches only part of that in practice: the
+    rate of a large matmul here is the ceiling this machine actually offers, so MFU reads as
+    "the share of what a plain big matmul achieves on this host". On CPU every (fake) device
+    shares the same cores, so this one device's rate is the whole host's. The best, because one
+    measurement can land in a slow second of a shared host: on the 2-core CPU, measurements a
+    run takes at its start (best of 5 runs, about a second) read 84-148 GFLOP/s in four
+    processes, and 133-178 taken every few seconds in one; the benchmark measures again before
+    each timed window (merjax/bench.py). On a GPU this size is too small to reach the peak (58
+    TFLOP/s on an H200, whose f32 matmuls reach 355), so an unknown GPU's MFU reads high: add it
+    to PEAKS.
+    """
+    if n not in _MATMUL_RATES:
+        measure_matmul_flops(n)
+    return max(_MATMUL_RATES[n])
+
+
+def matmul_flops_measured(n=2048):
+    """Every `measure_matmul_flops(n)` of this process, in the order taken (FLOP/s)."""
+    return list(_MATMUL_RATES.get(n, ()))
 
 
 def peak_flops(dtype="float32", num_devices=None, device_kind=None):

@@ -225,6 +225,12 @@ def test_benchmark_reports_the_baseline_shapes(tmp_path):
     assert 3 <= len(foreign) <= 9 and all(0 <= f <= 1 for f in foreign)
     assert report["train_contended"] == (sum(f < 0.05 for f in foreign) < 3)
     assert report["train_contended"] or sum(f < 0.05 for f in foreign) == 3
+    # The CPU's peak: measured at start and again before each timed window, the best of them.
+    measured = report["peak_flops_per_s_measured"]
+    assert len(measured) == 1 + len(foreign) and min(measured) > 0
+    assert report["peak_flops_per_s"] == pytest.approx(max(measured), rel=1e-3)
+    assert report["mfu"] == pytest.approx(report["flops_per_step"] * report["train_steps_per_s"]
+                                          / report["peak_flops_per_s"], rel=0.02)
     check_profile(report, proc.stderr, tmp_path / "profile", top=5)
 
 
