@@ -260,13 +260,16 @@ def test_a_held_split_transforms_only_the_examples_its_readers_ask_for():
     _assert_same_batches(cached, read(None))
 
 
-@pytest.mark.parametrize("budget", [1 << 20, 16])
-def test_batches_gathered_on_the_devices_are_the_host_batches(budget):
-    """A held split within config.pipeline.device_cache_bytes is copied to the 8 devices and a
-    training batch is gathered there: the global batch, sharded as the step takes it, equal to
-    the host's, through epochs' ends and a restore. Over the budget it stays on the host."""
+@pytest.mark.parametrize("budget, per_gather", [(1 << 20, 16), (1 << 20, 4), (1 << 20, 1),
+                                                (16, 16)])
+def test_batches_gathered_on_the_devices_are_the_host_batches(budget, per_gather):
+    """A held split within config.pipeline.device_cache_bytes is copied to the 8 devices and
+    training batches are gathered there, `per_gather` at a time: the global batch, sharded as the
+    step takes it, equal to the host's, through epochs' ends and a restore (in the middle of a
+    group of 4). Over the budget it stays on the host."""
     config = ps_config.get_config("runlocal")
     config.pipeline.device_cache_bytes = budget
+    config.pipeline.device_gather_batches = per_gather
     mesh = sharding.make_mesh(config.mesh)
     devices = on_device.for_run(config, mesh)
     source = pipeline.Subset(_source(13), np.arange(2, 12))  # 10 examples; batches of 8
@@ -293,6 +296,35 @@ def test_batches_gathered_on_the_devices_are_the_host_batches(budget):
         next(again)
     _assert_same_batches([jax.tree.map(np.asarray, next(restored)) for _ in range(3)],
                          [jax.tree.map(np.asarray, next(again)) for _ in range(3)])
+
+
+def test_one_gather_makes_the_batches_that_fit_its_bytes(monkeypatch):
+    """config.pipeline.device_gather_batches consecutive batches come from one gather, fewer
+    where they would hold more than on_device.GATHER_BYTES; the batches are the same."""
+    config = ps_config.get_config("runlocal")
+    config.pipeline.device_cache_bytes = 1 << 20
+    source = pipeline.Subset(_source(13), np.arange(2, 12))
+    batch_bytes = 8 * (3 * 4 + 4)  # batches of 8 examples of x (3 float32) and y (one)
+
+    def gathered(gather_bytes):
+        monkeypatch.setattr(on_device, "GATHER_BYTES", gather_bytes)
+        devices = on_device.for_run(config, sharding.make_mesh(config.mesh))
+        calls = []
+        gather = devices.gather
+        devices.gather = lambda arrays, at: calls.append(at.shape) or gather(arrays, at)
+        it = pipeline.train_iterator(source, _transform, global_batch_size=8, seed=4,
+                                     cache_bytes=1 << 20, on_device=devices)
+        return [jax.tree.map(np.asarray, next(it)) for _ in range(6)], calls
+
+    whole, whole_calls = gathered(1 << 20)
+    assert whole_calls == [(16, 8)]
+    capped, capped_calls = gathered(int(2.5 * batch_bytes))
+    assert capped_calls == [(2, 8)] * 3
+    _assert_same_batches(capped, whole)
+    with pytest.raises(ValueError, match=r"device_gather_batches must be a whole number >= 1; "
+                                         r"found 0"):
+        config.pipeline.device_gather_batches = 0
+        on_device.for_run(config, sharding.make_mesh(config.mesh))
 
 
 def test_devices_hold_no_copy_on_a_cpu_unless_asked():

@@ -123,14 +123,15 @@ def test_batches_gathered_on_the_devices_train_and_resume_like_host_batches(
 
     monkeypatch.setattr(checkpoint.Checkpointer, "save", save_then_die)
     gathered = []
-    original_take = on_device.DeviceSplit.take
-    monkeypatch.setattr(on_device.DeviceSplit, "take",
-                        lambda self, positions: gathered.append(len(positions)) or
-                        original_take(self, positions))
+    original_batch = on_device.DeviceSplit.batch
+    monkeypatch.setattr(on_device.DeviceSplit, "batch",
+                        lambda self, b, *args: gathered.append(b) or
+                        original_batch(self, b, *args))
     with pytest.raises(KeyboardInterrupt):
         train.run(config, str(tmp_path))
     train.run(config, str(tmp_path))
-    assert gathered == [config.batch_size] * config.total_steps
+    # Every step's batch, each once: the resumed run starts in the middle of a gathered group.
+    assert gathered == list(range(config.total_steps))
     losses = [[m["train/loss"] for m in _metrics(d) if "train/loss" in m]
               for d in (tmp_path, workdir)]
     assert losses[0] == losses[1] and len(losses[0]) > 2

@@ -37,18 +37,30 @@ def for_run(config, mesh):
     budget = device_budget(config.pipeline.device_cache_bytes)
     if budget <= 0:
         return None
-    return OnDevice(budget, sharding.replicated(mesh), sharding.batch_sharding(mesh, config))
+    return OnDevice(budget, sharding.replicated(mesh), sharding.batch_sharding(mesh, config),
+                    config.pipeline.device_gather_batches)
+
+
+# Consecutive batches gathered together hold at most this many bytes (the global batches'
+# sum), so a large batch is gathered alone rather than many at a time.
+GATHER_BYTES = 256 << 20
 
 
 class OnDevice:
     """Copies cached splits to the devices for training batches: `budget` bytes per device
     (device_budget), `replicated` the sharding of the copy (each device holds all of it, as any
-    batch may need any row) and `batch` the sharding of the batches gathered from it."""
+    batch may need any row), `batch` the sharding of the batches gathered from it, and
+    `batches_per_gather` the consecutive batches one gather makes (at most GATHER_BYTES)."""
 
-    def __init__(self, budget, replicated, batch):
+    def __init__(self, budget, replicated, batch, batches_per_gather=16):
+        if int(batches_per_gather) != batches_per_gather or batches_per_gather < 1:
+            raise ValueError(f"config.pipeline.device_gather_batches must be a whole number "
+                             f">= 1; found {batches_per_gather!r}")
         self.budget, self.replicated, self.batch = int(budget), replicated, batch
-        # {field: [N, ...]} on every device, global row indices -> the batch, batch-sharded.
-        self.gather = jax.jit(_gather, out_shardings=batch)
+        self.batches_per_gather = int(batches_per_gather)
+        # {field: [N, ...]} on every device, [k, B] global row indices -> k batches, each
+        # batch-sharded (k from the indices' shape: one compile per k).
+        self.gather = jax.jit(_gather_batches, out_shardings=batch)
 
     def hold(self, cached, what):
         """A `DeviceSplit` of `cached` (a pipeline.Cached view of a split's arrays), or None
@@ -68,20 +80,38 @@ class OnDevice:
 class DeviceSplit:
     """A split's transformed arrays on every device, and the rows of it a source reads. The copy
     is made after the cache transformed those rows (TransformCache.get); rows no reader had
-    asked for are copied unset, and this source never gathers them."""
+    asked for are copied unset, and this source never gathers them.
+
+    `batch(b, ...)` returns training batch b from the gather of its group of consecutive
+    batches, which it keeps until a batch of another group is asked for: a batch depends only
+    on b, so a restored iterator makes the same ones."""
 
     def __init__(self, on_device, arrays, rows):
         self.on_device, self.arrays, self.rows = on_device, arrays, rows
+        self.row_bytes = sum(column.nbytes // max(1, len(column)) for column in arrays.values())
+        self._group, self._batches = None, ()
 
-    def take(self, positions):
-        """{field: a global jax.Array with the batch sharding}: the source's examples at
-        `positions`, the same on every process (the global batch's)."""
-        at = _put(self.rows[positions].astype(np.int32), self.on_device.replicated)
-        return self.on_device.gather(self.arrays, at)
+    def batches_per_gather(self, batch_size):
+        """Consecutive batches of `batch_size` one gather makes (OnDevice, GATHER_BYTES)."""
+        fit = GATHER_BYTES // max(1, self.row_bytes * batch_size)
+        return max(1, min(self.on_device.batches_per_gather, fit))
+
+    def batch(self, b, order, batch_size):
+        """{field: a global jax.Array with the batch sharding}: global batch b of `order` (a
+        pipeline.EpochOrder over this source), the same on every process."""
+        k = self.batches_per_gather(batch_size)
+        group = b // k
+        if group != self._group:
+            self._batches = ()  # the last group's batches go before the next is gathered
+            positions = order.indices(group * k * batch_size, (group + 1) * k * batch_size)
+            at = _put(self.rows[positions].astype(np.int32).reshape(k, batch_size),
+                      self.on_device.replicated)
+            self._group, self._batches = group, self.on_device.gather(self.arrays, at)
+        return self._batches[b - group * k]
 
 
-def _gather(arrays, rows):
-    return {name: column[rows] for name, column in arrays.items()}
+def _gather_batches(arrays, rows):
+    return tuple({name: column[r] for name, column in arrays.items()} for r in rows)
 
 
 def _put(array, sharding):
