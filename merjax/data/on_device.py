@@ -3,8 +3,8 @@
 For a small model on a GPU the host's share of a step (a numpy gather per field, then the
 batch's transfer) can take as long as the step itself: on an H200 the host pipeline delivered
 only 2.7-4.3x what the small default configs' steps consume. A split the run's TransformCache
-holds is copied once to every device of the mesh; a batch is then one jitted gather there, whose
-output already has the batch sharding the train step takes, and only the batch's row indices
+holds is copied once to every device of the mesh; batches are then jitted gathers there, whose
+outputs already have the batch sharding the train step takes, and only the batches' row indices
 cross from the host. Every process gathers the same global batch from the same global order
 (pipeline.EpochOrder), so it is the batch the processes' host rows side by side would make.
 """
