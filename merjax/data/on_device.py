@@ -52,7 +52,7 @@ class OnDevice:
     batch may need any row), `batch` the sharding of the batches gathered from it, and
     `batches_per_gather` the consecutive batches one gather makes (at most GATHER_BYTES)."""
 
-    def __init__(self, budget, replicated, batch, batches_per_gather=16):
+    def __init__(self, budget, replicated, batch, batches_per_gather):
         if int(batches_per_gather) != batches_per_gather or batches_per_gather < 1:
             raise ValueError(f"config.pipeline.device_gather_batches must be a whole number "
                              f">= 1; found {batches_per_gather!r}")
