@@ -24,6 +24,15 @@ def test_off_when_deterministic_or_rate_zero():
         layers.Dropout(1.0)
 
 
+def test_a_rate_under_2_to_the_minus_17_keeps_every_element_and_draws_its_key():
+    """Its keep probability rounds to 2^16 / 2^16: every element kept, scaled by 1, and the key
+    drawn as for any rate (the 16-bit comparison's limit would not fit 32 bits)."""
+    x = jnp.arange(12.0).reshape(3, 4)
+    rngs = nnx.Rngs(dropout=0)
+    np.testing.assert_array_equal(layers.Dropout(1e-6)(x, deterministic=False, rngs=rngs), x)
+    assert int(rngs.dropout.count[...]) == 1
+
+
 @pytest.mark.parametrize("rate", [0.1, 0.2, 0.5])
 def test_keep_rate_scale_and_expectation(rate):
     x = jnp.ones((64, 50, 33))  # an odd last axis: the second half of a draw is cut off

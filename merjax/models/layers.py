@@ -131,6 +131,9 @@ class Dropout(nnx.Module):
         if deterministic or self.rate == 0.0:
             return x
         threshold = round((1.0 - self.rate) * 65536)
+        if threshold == 65536:  # a rate under 2^-17 keeps every element, scaled by 1; its
+            rngs.dropout()  # key is still drawn, so the stream advances as for any other rate
+            return x
         # Bits for half of the last axis, split into their high and low halves: the leading
         # (batch-sharded) axes keep their shape, so each device draws only its own bits.
         half = -(-x.shape[-1] // 2)
