@@ -132,8 +132,9 @@ def base_config():
     # fits device_cache_bytes of each device's memory (-1: a quarter of an accelerator's, none
     # on a CPU; 0: never) is copied to every device, and its training batches are gathered
     # there (merjax/data/on_device.py): no host gather or transfer per step. One gather makes
-    # device_gather_batches consecutive batches (at most 256 MB of them), since each call that
-    # sends indices from the host costs more than a small model's share of a step.
+    # device_gather_batches consecutive batches (at most 256 MB of them, one array per dtype),
+    # since each call that sends indices from the host costs more than a small model's share of
+    # a step.
     c.pipeline = ml_collections.ConfigDict(dict(cache_bytes=-1, read_threads=4,
                                                 prefetch_batches=4, device_cache_bytes=-1,
                                                 device_gather_batches=16))

@@ -197,7 +197,7 @@ def main(argv):
     report = dict(
         task=config.task, device=jax.devices()[0].device_kind, devices=jax.device_count(),
         mesh=dict(mesh.shape), global_batch=config.batch_size,
-        input_shapes={k: list(v.shape[1:]) for k, v in local.items()},
+        input_shapes={k: list(v.shape[1:]) for k, v in on_device.unpack(local).items()},
         compile_s=round(compile_s, 2), settle_s=round(settle_s, 2),
         train_steps_per_s=round(1 / step_s, 2),
         train_steps_per_s_range=[round(min(used), 2), round(max(used), 2)],
@@ -206,7 +206,7 @@ def main(argv):
         train_contended=contended, quiet_wait_s=round(waited, 1),
         train_samples_per_s=round(config.batch_size / step_s, 1),
         pipeline_setup_s=round(setup_s, 2), pipeline_records=len(source),
-        pipeline_on_device=isinstance(next(iter(local.values())), jax.Array),
+        pipeline_on_device=isinstance(local, on_device.Packed),
         pipeline_samples_per_s=round(pipeline_rate, 1),
         # The input pipeline's headroom: how many times what training consumes it delivers.
         pipeline_over_train=round(pipeline_rate * step_s / config.batch_size, 2),

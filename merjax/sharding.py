@@ -95,8 +95,8 @@ def state_shardings(abstract_state, mesh, config):
 
 def to_global(local_batch, mesh, config):
     """Host-local numpy batch -> one global jax.Array per field, sharded along the batch. A
-    field that is a jax.Array already (a batch gathered on the devices, data/on_device.py) is
-    the global batch's and passes as it is."""
+    batch gathered on the devices (data/on_device.py: its arrays are jax.Arrays) is global
+    already and passes as it is."""
     sharding = batch_sharding(mesh, config)
 
     def put(x):

@@ -652,6 +652,7 @@ class ModelState:
             return jax.tree.map(split, batch)
 
         def step(leaves, batch, dropout_key):
+            batch = on_device.unpack(batch)  # a batch gathered on the devices comes packed
             model, opt = nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
             opt_step = opt.step[...]
             # Randomness is a function of (seed, fold, step) only: a resumed run repeats it.

@@ -281,50 +281,93 @@ def test_batches_gathered_on_the_devices_are_the_host_batches(budget, per_gather
     host, gathered = iterator(), iterator(on_device=devices)
     want, got = [next(host) for _ in range(6)], [next(gathered) for _ in range(6)]
     on_devices = budget > 3 * 10 * 4 + 10 * 4  # the split's x and y
+    group = jax.sharding.NamedSharding(  # k batches, each along the batch axes
+        mesh, jax.sharding.PartitionSpec(None, sharding.batch_axes(config)))
     for batch in got:
-        for value in batch.values():
-            assert isinstance(value, jax.Array) == on_devices
-            if on_devices:
-                assert value.sharding == sharding.batch_sharding(mesh, config)
+        assert isinstance(batch, on_device.Packed) == on_devices
+        if on_devices:  # x (float32) and y (int32): one array per dtype, k batches of 8
+            assert {k: (v.shape, v.sharding) for k, v in batch.groups.items()} == {
+                "float32": ((per_gather, 8, 3), group), "int32": ((per_gather, 8, 1), group)}
+            for value in on_device.unpack(batch).values():
+                assert value.sharding.is_equivalent_to(sharding.batch_sharding(mesh, config),
+                                                       value.ndim)
                 assert len(value.addressable_shards) == 8
-    _assert_same_batches([jax.tree.map(np.asarray, b) for b in got], want)
+    _assert_same_batches(_fields(got), want)
 
     restored = iterator(on_device=devices)
     restored.set_state(gathered.get_state())
     again = iterator(on_device=devices)
     for _ in range(6):
         next(again)
-    _assert_same_batches([jax.tree.map(np.asarray, next(restored)) for _ in range(3)],
-                         [jax.tree.map(np.asarray, next(again)) for _ in range(3)])
+    _assert_same_batches(_fields(next(restored) for _ in range(3)),
+                         _fields(next(again) for _ in range(3)))
+
+
+def _fields(batches):
+    """Batches as numpy fields, whichever way they were gathered."""
+    return [jax.tree.map(np.asarray, on_device.unpack(b)) for b in batches]
 
 
 def test_one_gather_makes_the_batches_that_fit_its_bytes(monkeypatch):
     """config.pipeline.device_gather_batches consecutive batches come from one gather, fewer
-    where they would hold more than on_device.GATHER_BYTES; the batches are the same."""
+    where they would hold more than on_device.GATHER_BYTES (CPU_GATHER_BYTES on CPU devices);
+    the batches are the same."""
     config = ps_config.get_config("runlocal")
     config.pipeline.device_cache_bytes = 1 << 20
     source = pipeline.Subset(_source(13), np.arange(2, 12))
     batch_bytes = 8 * (3 * 4 + 4)  # batches of 8 examples of x (3 float32) and y (one)
 
-    def gathered(gather_bytes):
+    def gathered(gather_bytes, cpu_gather_bytes=1 << 30):
         monkeypatch.setattr(on_device, "GATHER_BYTES", gather_bytes)
+        monkeypatch.setattr(on_device, "CPU_GATHER_BYTES", cpu_gather_bytes)
         devices = on_device.for_run(config, sharding.make_mesh(config.mesh))
         calls = []
         gather = devices.gather
         devices.gather = lambda arrays, at: calls.append(at.shape) or gather(arrays, at)
         it = pipeline.train_iterator(source, _transform, global_batch_size=8, seed=4,
                                      cache_bytes=1 << 20, on_device=devices)
-        return [jax.tree.map(np.asarray, next(it)) for _ in range(6)], calls
+        return _fields(next(it) for _ in range(6)), calls
 
     whole, whole_calls = gathered(1 << 20)
     assert whole_calls == [(16, 8)]
     capped, capped_calls = gathered(int(2.5 * batch_bytes))
     assert capped_calls == [(2, 8)] * 3
     _assert_same_batches(capped, whole)
+    on_cpu, on_cpu_calls = gathered(1 << 20, int(3.5 * batch_bytes))  # these devices are CPUs
+    assert on_cpu_calls == [(3, 8)] * 2
+    _assert_same_batches(on_cpu, whole)
     with pytest.raises(ValueError, match=r"device_gather_batches must be a whole number >= 1; "
                                          r"found 0"):
         config.pipeline.device_gather_batches = 0
         on_device.for_run(config, sharding.make_mesh(config.mesh))
+
+
+def test_a_packed_group_unpacks_to_each_batch_of_its_fields():
+    """on_device.packed puts the fields of one dtype side by side (64-bit ones cast as a
+    transfer casts them); a Packed batch unpacks, eagerly and in a jitted step, to its rows."""
+    rng = np.random.default_rng(0)
+    arrays = dict(x=rng.normal(size=(6, 2, 3)).astype(np.float32), y=np.arange(6),
+                  mask=rng.random((6, 4)) > 0.5, faces=rng.integers(0, 255, (6, 2, 2, 3), np.uint8),
+                  weight=rng.random(6), length=np.arange(6, dtype=np.int32) * 2)
+    layout = on_device.layout(arrays)
+    columns = dict(on_device.packed(arrays, layout))
+    assert {k: (v.shape, v.dtype.name) for k, v in columns.items()} == {
+        "float32": ((6, 7), "float32"), "int32": ((6, 2), "int32"), "bool": ((6, 4), "bool"),
+        "uint8": ((6, 12), "uint8")}
+    assert np.shares_memory(columns["uint8"], arrays["faces"])  # a dtype of one field: a view
+    rows = np.array([[4, 0, 5], [1, 1, 3]])  # a group of 2 batches of 3
+    groups = {k: jax.numpy.asarray(v[rows]) for k, v in columns.items()}
+    for b in range(2):
+        batch = on_device.Packed(groups, jax.numpy.int32(b), layout)
+        for got in (on_device.unpack(batch), jax.jit(on_device.unpack)(batch)):
+            assert got.keys() == arrays.keys()
+            for name, value in arrays.items():
+                want = value[rows[b]]
+                want = want.astype(jax.dtypes.canonicalize_dtype(want.dtype))
+                assert got[name].dtype == want.dtype, name
+                np.testing.assert_array_equal(np.asarray(got[name]), want, err_msg=name)
+    fields = dict(x=arrays["x"][:3])
+    assert on_device.unpack(fields) is fields  # a host batch passes as it is
 
 
 def test_devices_hold_no_copy_on_a_cpu_unless_asked():
