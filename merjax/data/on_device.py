@@ -5,8 +5,9 @@ batch's transfer) can take as long as the step itself: on an H200 the host pipel
 only 2.7-4.3x what the small default configs' steps consume. A split the run's TransformCache
 holds is copied once to every device of the mesh; batches are then jitted gathers there, whose
 outputs are already sharded along the batch as the train step takes it, and only the batches'
-row indices cross from the host. Every process gathers the same global batch from the same global order
-(pipeline.EpochOrder), so it is the batch the processes' host rows side by side would make.
+row indices cross from the host. Every process gathers the same global batch from the same
+global order (pipeline.EpochOrder), so it is the batch the processes' host rows side by side
+would make.
 
 The copy holds the fields of one dtype side by side, one [N, width] array per dtype, and a
 gather makes several consecutive batches at once, as one [k, B, width] array per dtype: a
@@ -77,8 +78,8 @@ def unpack(batch):
 
 def layout(arrays):
     """The `Packed` layout of {field: [N, ...]}: each dtype's fields side by side in their
-    order, the dtype the one a transfer to a device casts to (no 64-bit types unless
-    jax_enable_x64)."""
+    order, each field in the dtype a transfer to a device gives it (no 64-bit types unless
+    jax_enable_x64), as a host batch's would have."""
     out, widths = [], {}
     for name, column in arrays.items():
         kind = np.dtype(jax.dtypes.canonicalize_dtype(column.dtype)).name
@@ -113,7 +114,6 @@ class OnDevice:
     (device_budget), `replicated` the sharding of the copy (each device holds all of it, as any
     batch may need any row), `batch` the sharding of the batches gathered from it, and
     `batches_per_gather` the consecutive batches one gather makes (at most GATHER_BYTES)."""
-
 
     def __init__(self, budget, replicated, batch, batches_per_gather):
         if int(batches_per_gather) != batches_per_gather or batches_per_gather < 1:
