@@ -13,8 +13,8 @@ The copy holds the fields of one dtype side by side, one [N, width] array per dt
 gather makes several consecutive batches at once, as one [k, B, width] array per dtype: a
 `Packed` batch is such a group with the batch's position in it, and the train step reads its
 fields with `unpack`. On an H200 a gather's cost grew with the arrays it returned (MER-Prefer's
-15 fields, 16 batches a gather: 240 arrays, 236 us a batch); packed, a gather returns one array
-per dtype, and the step takes 4 arrays for a batch instead of 15.
+15 fields, 16 batches a gather: 240 arrays, 236 us a batch); packed, its gather returns 3
+arrays (int32, float32, bool), and its step takes 4 arrays for a batch instead of 15.
 """
 import dataclasses
 import math
@@ -145,10 +145,10 @@ class OnDevice:
 
 
 class DeviceSplit:
-    """A split's transformed arrays on every device, one [N, width] array per dtype (`layout`:
-    `fields`), and the rows of it a source reads. The copy
-    is made after the cache transformed those rows (TransformCache.get); rows no reader had
-    asked for are copied unset, and this source never gathers them.
+    """A split's transformed arrays on every device, one [N, width] array per dtype (`fields`
+    their `layout`), and the rows of it a source reads. The copy is made after the cache
+    transformed those rows (TransformCache.get); rows no reader had asked for are copied unset,
+    and this source never gathers them.
 
     `batch(b, ...)` returns training batch b in the gather of its group of consecutive
     batches, which it keeps until a batch of another group is asked for: a batch depends only
