@@ -113,7 +113,8 @@ class OnDevice:
     """Copies cached splits to the devices for training batches: `budget` bytes per device
     (device_budget), `replicated` the sharding of the copy (each device holds all of it, as any
     batch may need any row), `batch` the sharding of the batches gathered from it, and
-    `batches_per_gather` the consecutive batches one gather makes (at most GATHER_BYTES)."""
+    `batches_per_gather` the consecutive batches one gather makes (at most `gather_bytes` of
+    them: GATHER_BYTES, CPU_GATHER_BYTES on CPU devices)."""
 
     def __init__(self, budget, replicated, batch, batches_per_gather):
         if int(batches_per_gather) != batches_per_gather or batches_per_gather < 1:
@@ -121,11 +122,14 @@ class OnDevice:
                              f">= 1; found {batches_per_gather!r}")
         self.budget, self.replicated, self.batch = int(budget), replicated, batch
         self.batches_per_gather = int(batches_per_gather)
+        self.gather_bytes = GATHER_BYTES
+        if batch.mesh.devices.flat[0].platform == "cpu":
+            self.gather_bytes = min(GATHER_BYTES, CPU_GATHER_BYTES)
         # {dtype: [N, width]} on every device, [k, B] global row indices -> {dtype: [k, B,
         # width]}, sharded along B as a batch is (k from the indices' shape: one compile per k).
-        self.group = jax.sharding.NamedSharding(batch.mesh,
-                                                jax.sharding.PartitionSpec(None, *batch.spec))
-        self.gather = jax.jit(_gather_group, out_shardings=self.group)
+        group = jax.sharding.NamedSharding(batch.mesh,
+                                           jax.sharding.PartitionSpec(None, *batch.spec))
+        self.gather = jax.jit(_gather_group, out_shardings=group)
 
     def hold(self, cached, what):
         """A `DeviceSplit` of `cached` (a pipeline.Cached view of a split's arrays), or None
@@ -160,12 +164,9 @@ class DeviceSplit:
         self._group, self._gathered, self._indices = None, None, ()
 
     def batches_per_gather(self, batch_size):
-        """Consecutive batches of `batch_size` one gather makes (OnDevice, GATHER_BYTES,
-        CPU_GATHER_BYTES)."""
-        cap = GATHER_BYTES
-        if self.on_device.batch.mesh.devices.flat[0].platform == "cpu":
-            cap = min(cap, CPU_GATHER_BYTES)
-        fit = cap // max(1, self.row_bytes * batch_size)
+        """Consecutive batches of `batch_size` one gather makes (OnDevice's count, within its
+        gather_bytes)."""
+        fit = self.on_device.gather_bytes // max(1, self.row_bytes * batch_size)
         return max(1, min(self.on_device.batches_per_gather, fit))
 
     def batch(self, b, order, batch_size):

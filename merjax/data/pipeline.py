@@ -59,10 +59,11 @@ def train_iterator(source, transform, *, global_batch_size, seed, process_index=
     other folds; without one, this iterator's own of `cache_bytes` bytes) holds the split, a
     batch is one gather from its transformed arrays; with `on_device` (a data.on_device.OnDevice)
     and a split within its budget, that gather runs on the devices, several consecutive batches
-    at a time, and yields the whole global batch as jax.Arrays with the batch sharding (every
-    process the same). Otherwise it is read and transformed per batch in `read_threads`
-    threads, at most `prefetch_batches` batches ahead (grain's default of 500 elements held 5 GB
-    of raw MER-Cross batches); every way gives the same batches.
+    at a time, and yields the whole global batch (every process the same) as an
+    on_device.Packed batch, whose fields the train step unpacks with the batch sharding.
+    Otherwise it is read and transformed per batch in `read_threads` threads, at most
+    `prefetch_batches` batches ahead (grain's default of 500 elements held 5 GB of raw
+    MER-Cross batches); every way gives the same batches.
     The position (a batch count) is checkpointed by checkpoint.py through grain.
     """
     if len(source) == 0:
