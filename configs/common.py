@@ -85,8 +85,10 @@ def base_config():
     c.eval_batch_size = 64
 
     # -1 takes the devices the other axes leave. `devices` > 0 uses only the first N devices
-    # (single process), e.g. to compare 1 device against 8 in one process.
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1, devices=-1))
+    # (single process), e.g. to compare 1 device against 8 in one process. `cpu_devices` > 0
+    # splits a CPU backend into that many devices (sharding.split_host_cpu; -1: JAX's 1).
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1, devices=-1,
+                                            cpu_devices=-1))
     c.sharding = ml_collections.ConfigDict()
     # Logical axis name -> mesh axes. Scaling experiments change this table, never model code.
     # Weights shard their `embed` dim over fsdp (ZeRO-3 style) and mlp/heads over model (TP).

@@ -24,7 +24,9 @@ timed once their rate has settled (`settle_s`: a fresh process runs its first se
 slower). With --synthetic no dataset is built: random inputs of the dataset's feature shapes
 are used (variable-length dims take --length), e.g. the MER-Cross baseline shapes with
 `--config=configs/cross.py:bench --synthetic`. Shapes and device are printed with the numbers
-so other stacks can be compared on the same work. Nothing here asserts a speed.
+so other stacks can be compared on the same work, and `host_hugepages` says whether the process
+asked glibc for huge pages (merjax/hugepages.py; the raw MER-Cross step on the 2-core CPU ran
+1.1-1.3x faster with them). Nothing here asserts a speed.
 
 With --profile=<dir>, --profile_steps more steps run under jax.profiler after the timed ones:
 the trace goes to <dir>/plugins/profile/<run>/ (`tensorboard --logdir <dir>`, Profile tab, with
@@ -42,7 +44,7 @@ import jax
 import numpy as np
 from absl import flags, logging
 
-from merjax import cli, contention, costs, profiling, sharding, tasks, train
+from merjax import cli, contention, costs, hugepages, profiling, sharding, tasks, train
 from merjax import main as train_command  # the same --config flag as training
 from merjax.data import on_device, pipeline, prepare
 
@@ -196,6 +198,7 @@ def main(argv):
     pipeline_rate = _PIPELINE_BATCHES.value * config.batch_size / pipeline_s
     report = dict(
         task=config.task, device=jax.devices()[0].device_kind, devices=jax.device_count(),
+        host_hugepages=hugepages.active(),
         mesh=dict(mesh.shape), global_batch=config.batch_size,
         input_shapes={k: list(v.shape[1:]) for k, v in on_device.unpack(local).items()},
         compile_s=round(compile_s, 2), settle_s=round(settle_s, 2),

@@ -3,7 +3,8 @@ launch.build, launch.sweep, launch.against_pytorch): --help exits 0, and a mista
 command line, the config's values or the data ends in one line on stderr that says what is
 wrong, where and how to fix it (exit 2 for the command line, 1 for the rest; `--verbosity=1`
 also logs the traceback).
-Programming errors keep their traceback.
+Programming errors keep their traceback. On Linux with glibc, a command first starts itself
+again with transparent huge pages requested for large blocks (merjax/hugepages.py).
 """
 import difflib
 import importlib.util
@@ -16,6 +17,8 @@ import sys
 
 from absl import app, flags, logging
 import ml_collections
+
+from merjax import hugepages
 
 # Where the project's own code lives: a ValueError or TypeError that a `raise` statement there
 # raised carries a message written for the user; one raised by a library or by Python itself
@@ -32,6 +35,8 @@ _OVERRIDE = re.compile(r"--?(?:no)?config\.(\S+)")
 def run(main_fn):
     """`app.run(main_fn)` where mistakes in the command line, the config or the data end in one
     line on stderr (see the module docstring), and --help exits 0."""
+    hugepages.reexec()
+
     def guarded(argv):
         if len(argv) > 1:
             exit_with(f"error: unexpected arguments {' '.join(argv[1:])!r}; flags look like "

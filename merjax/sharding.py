@@ -6,6 +6,7 @@ their leading dim over the `batch` rule. Nothing else in the code names a mesh a
 """
 import contextlib
 import math
+import os
 
 import jax
 import numpy as np
@@ -38,8 +39,33 @@ def mesh_shape(mesh_config, num_devices):
     return tuple(sizes)
 
 
+def split_host_cpu(mesh_config):
+    """Gives JAX's CPU backend `mesh_config.cpu_devices` devices (when > 0), if nothing else
+    chose their number (XLA_FLAGS' --xla_force_host_platform_device_count, jax_num_cpu_devices)
+    and the backends have not started; returns whether it did. Accelerators are unaffected.
+
+    Why: XLA:CPU runs a program's ops mostly one after another, each spread over the cores, and
+    many are too small to keep them all busy; split over devices, each device steps through its
+    part of the batch beside the others. On the 2-core CPU the raw MER-Cross step ran 1.4x faster on 2
+    devices (1.23x without huge pages, merjax/hugepages.py) and MER-PS's 0.9x as fast."""
+    wanted = int(mesh_config.get("cpu_devices", -1))
+    if (wanted <= 0 or jax.config.jax_num_cpu_devices >= 0
+            or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")):
+        return False
+    try:
+        jax.config.update("jax_num_cpu_devices", wanted)
+    except RuntimeError:  # JAX ran something already: its CPU devices are fixed
+        logging.warning("config.mesh.cpu_devices=%d not applied: JAX's backends started "
+                        "before the mesh was made", wanted)
+        return False
+    logging.info("a CPU backend has %d devices (config.mesh.cpu_devices)", wanted)
+    return True
+
+
 def make_mesh(mesh_config, devices=None):
-    """A (data, fsdp, model) mesh over all devices, or the first `mesh_config.devices` of them."""
+    """A (data, fsdp, model) mesh over all devices, or the first `mesh_config.devices` of them
+    (after `split_host_cpu`)."""
+    split_host_cpu(mesh_config)
     if devices is None:
         devices = jax.devices()
         wanted = int(mesh_config.get("devices", -1))

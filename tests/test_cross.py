@@ -217,6 +217,10 @@ def test_benchmark_reports_the_baseline_shapes(tmp_path):
     assert report["input_shapes"]["video"] == [1, 768]
     assert report["train_samples_per_s"] > 0 and report["pipeline_samples_per_s"] > 0
     assert report["pipeline_on_device"] is True
+    # The command started again with huge pages requested where this host gives them on
+    # request (merjax/hugepages.py), or kept what this environment already says.
+    from merjax import hugepages
+    assert report["host_hugepages"] == (hugepages.active() or hugepages.wanted())
     # The median of the three clean timed windows (of all, where fewer were clean), between
     # the slowest and the fastest.
     slowest, fastest = report["train_steps_per_s_range"]

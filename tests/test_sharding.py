@@ -150,3 +150,41 @@ def test_folds_share_one_compiled_train_step(monkeypatch):
         losses.append(float(step(stepped, batch)[1]["loss"]))
     assert len(lowered) == 1
     assert losses[0] != losses[1]
+
+
+
+SPLIT_CHILD = """
+import sys, jax
+import ml_collections
+from merjax import sharding
+if sys.argv[1] == "started":
+    jax.devices()  # the backends start before the mesh is made
+config = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1, devices=-1, cpu_devices=2))
+mesh = sharding.make_mesh(config)
+print(jax.device_count(), dict(mesh.shape)["data"], jax.config.jax_num_cpu_devices)
+"""
+
+
+@pytest.mark.parametrize("xla_flags, start, expected", [
+    ("", "fresh", "2 2 2"),  # split as the config says
+    ("--xla_force_host_platform_device_count=3", "fresh", "3 3 -1"),  # the flag chose: it stands
+    ("", "started", "1 1 -1"),  # too late: said aloud, JAX's one device stays
+])
+def test_a_cpu_backend_is_split_as_config_mesh_cpu_devices_says(xla_flags, start, expected):
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, XLA_FLAGS=xla_flags, JAX_PLATFORMS="cpu", PYTHONPATH=root)
+    proc = subprocess.run([sys.executable, "-c", SPLIT_CHILD, start], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split("\n")[-2] == expected
+    assert ("config.mesh.cpu_devices=2 not applied" in proc.stderr) == (start == "started")
+
+
+def test_the_suites_cpu_devices_stand_against_a_config_split():
+    # conftest chose 8 devices before the backends started; a config asking for 2 changes
+    # nothing and the mesh spans the 8.
+    assert sharding.split_host_cpu(_mesh_config(cpu_devices=2)) is False
+    assert sharding.make_mesh(_mesh_config(cpu_devices=2)).size == 8
