@@ -26,7 +26,7 @@ are used (variable-length dims take --length), e.g. the MER-Cross baseline shape
 `--config=configs/cross.py:bench --synthetic`. Shapes and device are printed with the numbers
 so other stacks can be compared on the same work, and `host_hugepages` says whether the process
 asked glibc for huge pages (merjax/hugepages.py; the raw MER-Cross step on the 2-core CPU ran
-1.1-1.3x faster with them). Nothing here asserts a speed.
+1.0-1.3x faster with them). Nothing here asserts a speed.
 
 With --profile=<dir>, --profile_steps more steps run under jax.profiler after the timed ones:
 the trace goes to <dir>/plugins/profile/<run>/ (`tensorboard --logdir <dir>`, Profile tab, with
