@@ -28,10 +28,7 @@ def get_config(arg=None):
     c.task = "cross"
 
     c.data = clips.data(arg.input_kind, text_language="chinese")
-    if arg.input_kind == "raw":
-        # On a CPU host the raw step runs 1.4x faster with its batch split over 2 devices
-        # (bench alternated on the 2-core CPU; merjax/sharding.py: split_host_cpu).
-        c.mesh.cpu_devices = 2
+    c.mesh.cpu_devices = clips.cpu_devices(arg.input_kind)
     c.cv = ml_collections.ConfigDict(dict(folds=5, seed=0))
 
     c.model = clips.model()

@@ -22,6 +22,7 @@ def get_config(arg=None):
 
     # The English subtitle, as the MER-FG baselines read it.
     c.data = clips.data(arg.input_kind, text_language="english")
+    c.mesh.cpu_devices = clips.cpu_devices(arg.input_kind)
     # Which train files train: "human" (Human-OV) and/or "mercaptionplus" (MER-Caption+).
     c.data.train_sources = ("human", "mercaptionplus")
     # Clip-disjoint folds of the Human-OV rows, drawn when the dataset is built.

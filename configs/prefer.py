@@ -24,6 +24,7 @@ def get_config(arg=None):
 
     # The descriptions are English, and so is the subtitle the clip encoder reads.
     c.data = clips.data(arg.input_kind, text_language="english")
+    c.mesh.cpu_devices = clips.cpu_devices(arg.input_kind)
     # Which judged files train: "emoprefer" (majority of 3 annotators) and/or "emopreferv2"
     # (one annotator).
     c.data.sources = ("emoprefer", "emopreferv2")
