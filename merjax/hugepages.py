@@ -8,10 +8,11 @@ Measured with perf on the 2-core CPU during the raw MER-Cross bench: 135k page f
 and 27% of the process's CPU time in the kernel.
 
 glibc 2.35 and later can madvise such blocks as transparent huge pages
-(`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`), numpy does the same for its own large arrays: then
-2.5k faults a second instead of 135k, and the step ran 1.0-1.3x faster (alternated runs). glibc reads its tunables only when a process starts, so `reexec()` (called by
-every merjax command, merjax/cli.py) starts the command again, once, in the same process with
-the tunable set. It does nothing where the kernel gives no huge pages on request (THP `never`,
+(`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`; numpy does the same for its own large arrays): then
+2.5k faults a second instead of 135k, and the step ran 1.0-1.3x faster (alternated runs).
+glibc reads its tunables only when a process starts, so `reexec()` (called by every merjax
+command, merjax/cli.py) starts the command again, once, in the same process with the tunable
+set. It does nothing where the kernel gives no huge pages on request (THP `never`,
 or `always`, which needs no request), on other C libraries, where GLIBC_TUNABLES already sets
 `glibc.malloc.hugetlb`, or with MERJAX_HUGEPAGES=0.
 """
@@ -41,7 +42,10 @@ def _setting(environ=None):
 def has_tunable(libc=None):
     """Whether the C library (name, version; this process's by default) reads the tunable."""
     name, version = libc or platform.libc_ver()
-    return name == "glibc" and tuple(int(v) for v in version.split(".")[:2]) >= (2, 35)
+    try:
+        return name == "glibc" and tuple(int(v) for v in version.split(".")[:2]) >= (2, 35)
+    except ValueError:  # a version Python could not read
+        return False
 
 
 def wanted(environ=None, mode_file=None, libc=None):

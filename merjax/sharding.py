@@ -46,8 +46,9 @@ def split_host_cpu(mesh_config):
 
     Why: XLA:CPU runs a program's ops mostly one after another, each spread over the cores, and
     many are too small to keep them all busy; split over devices, each device steps through its
-    part of the batch beside the others. On the 2-core CPU the raw MER-Cross step ran 1.4x faster on 2
-    devices (1.23x without huge pages, merjax/hugepages.py) and MER-PS's 0.9x as fast."""
+    part of the batch beside the others. On the 2-core CPU the raw MER-Cross step ran 1.4x
+    faster on 2 devices (1.23x without huge pages, merjax/hugepages.py) and MER-PS's 0.9x as
+    fast (configs/clips.py: cpu_devices)."""
     wanted = int(mesh_config.get("cpu_devices", -1))
     if (wanted <= 0 or jax.config.jax_num_cpu_devices >= 0
             or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")):

@@ -34,6 +34,7 @@ def test_huge_pages_are_requested_only_where_the_kernel_gives_them_on_request(tm
     assert not hugepages.wanted({}, madvise, ("glibc", "2.34"))
     assert not hugepages.wanted({}, madvise, ("", ""))
     assert hugepages.has_tunable(("glibc", "2.35")) and not hugepages.has_tunable(("glibc", "2.9"))
+    assert not hugepages.has_tunable(("glibc", ""))
 
 
 def test_active_reads_the_tunable_among_others():
