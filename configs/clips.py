@@ -40,7 +40,7 @@ def data(input_kind, text_language):
 
 def cpu_devices(input_kind):
     """config.mesh.cpu_devices: raw inputs split a CPU backend into 2 devices (merjax/sharding.py:
-    split_host_cpu). Their steps ran faster so on the 2-core CPU, 1 device against 2 in
+    split_host_cpu). On the 2-core CPU their steps ran faster that way, 1 device against 2 in
     alternated bench runs: MER-Cross 1.36-1.41x, MER-FG 1.12-1.24x, MER-Prefer 1.34x (one
     pair). The feature inputs' steps take milliseconds and keep JAX's one device."""
     return 2 if input_kind == "raw" else -1

@@ -152,7 +152,6 @@ def test_folds_share_one_compiled_train_step(monkeypatch):
     assert losses[0] != losses[1]
 
 
-
 SPLIT_CHILD = """
 import sys, jax
 import ml_collections
