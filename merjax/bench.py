@@ -18,8 +18,10 @@ pipeline's samples/s on its own and as a multiple of what training consumes
 fitting config.pipeline.cache_bytes, then its first batch), and whether it gathered them on the
 devices as training does (`pipeline_on_device`: config.pipeline.device_cache_bytes). With
 --matmuls_alone (default) the step's matmuls are also timed each alone at its shapes
-(costs.matmuls_alone_seconds): `matmuls_alone_ms_per_step`, and `matmul_ceiling_mfu`, the MFU
-the step would reach if all its other work took no time. Steps are
+(costs.matmuls_alone): `matmuls_alone_ms_per_step`, and `matmul_ceiling_mfu`, the MFU the step
+would reach if all its other work took no time; which shapes set that ceiling prints as a table
+on stderr, and the JSON's `matmuls_alone` lists the first --profile_top of them ({op,
+executions, ms_per_step, share, gflop_per_s}, the costliest first). Steps are
 timed once their rate has settled (`settle_s`: a fresh process runs its first seconds of steps
 slower). With --synthetic no dataset is built: random inputs of the dataset's feature shapes
 are used (variable-length dims take --length), e.g. the MER-Cross baseline shapes with
@@ -64,7 +66,8 @@ _PROFILE_STEPS = flags.DEFINE_integer("profile_steps", 5, "Train steps traced wi
 _MATMULS_ALONE = flags.DEFINE_bool(
     "matmuls_alone", True, "Time the step's matmuls each alone at their shapes and report the "
     "MFU they allow (matmul_ceiling_mfu).")
-_PROFILE_TOP = flags.DEFINE_integer("profile_top", 20, "Ops listed in the JSON's `profile`.")
+_PROFILE_TOP = flags.DEFINE_integer("profile_top", 20, "Ops listed in the JSON's `profile` "
+                                    "and `matmuls_alone`.")
 
 
 def synthetic_examples(features, n, length, seed=0):
@@ -183,18 +186,24 @@ def main(argv):
     ceiling = {}
     if _MATMULS_ALONE.value:
         try:
-            alone_s = costs.matmuls_alone_seconds(compiled.jaxpr)
+            matmuls = costs.matmuls_alone(compiled.jaxpr)
         except jax.errors.JaxRuntimeError as error:
             # The step's matmuls run alone at global shapes on one device: a model sharded
             # over many may not fit there. The timings above stand; the ceiling is unknown.
             logging.warning("matmuls alone not measured (%s): matmul_ceiling_mfu is null; "
                             "--nomatmuls_alone skips this", str(error).splitlines()[0])
-            alone_s = None
+            matmuls = None
+        alone_s = None if matmuls is None else sum(m["ms_per_step"] for m in matmuls) / 1e3
+        if matmuls:
+            columns = (("executions", "calls", "d"), ("gflop_per_s", "GFLOP/s", ".1f"))
+            print(f"the step's matmuls, each alone at its shapes:\n"
+                  f"{profiling.table(matmuls, columns=columns)}", file=sys.stderr, flush=True)
         one_device_peak, _ = costs.peak_flops(dtype, 1)
         ceiling = dict(
             matmuls_alone_ms_per_step=None if alone_s is None else round(alone_s * 1e3, 2),
             matmul_ceiling_mfu=costs.mfu(cost["matmul_flops_per_step"],
-                                         1 / alone_s if alone_s else None, one_device_peak))
+                                         1 / alone_s if alone_s else None, one_device_peak),
+            matmuls_alone=None if matmuls is None else matmuls[:_PROFILE_TOP.value])
     pipeline_rate = _PIPELINE_BATCHES.value * config.batch_size / pipeline_s
     report = dict(
         task=config.task, device=jax.devices()[0].device_kind, devices=jax.device_count(),

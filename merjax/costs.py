@@ -177,19 +177,22 @@ def _op_flops(eqn):
                                                 for d in rhs_spec[1:])
 
 
-def matmuls_alone_seconds(jaxpr, repeats=5, calls=10):
-    """Seconds a call of the program spends in its matmuls (`matmul_ops`) when each runs alone,
-    jitted by itself on the first device at the program's (global) shapes: the median of
-    `repeats` timings of `calls` calls, less the time a call of a jitted scalar add takes (the
-    dispatch; ~8 us on the 2-core CPU), times the op's executions per call. Identical ops are
-    timed once.
+def matmuls_alone(jaxpr, repeats=5, calls=10):
+    """The program's matmuls (`matmul_ops`), each timed alone, jitted by itself on the first
+    device at the program's (global) shapes: [{op, executions, ms_per_step, share,
+    gflop_per_s}], the costliest first. `ms_per_step` is the median of `repeats` timings of
+    `calls` calls, less the time a call of a jitted scalar add takes (the dispatch; ~8 us on the
+    2-core CPU), times the op's executions per call of the program; `share` is of all of them;
+    identical ops are timed once. `op` names the operands and dimensions (`describe_matmul`).
 
     Why: a step's matmuls at its own shapes may run far below the big square matmul the peak
     is measured with (on the 2-core CPU the raw MER-Cross attention's [274, 16] x [16, 274]
-    products ran at a third of it), so `flops / this / peak` is about the MFU the step would
-    reach if everything else in it took no time: the ceiling its shapes set on this backend. It
-    is approximate: inside the step a matmul may find its inputs in cache, or fused with its
-    neighbours. On an accelerator a small op's time alone is mostly its launch."""
+    products ran at a third of it, and MER-PS's attention gradients contracting 12 tokens at
+    2-3 GFLOP/s), so `flops / total time / peak` is about the MFU the step would reach if
+    everything else in it took no time: the ceiling its shapes set on this backend, and the
+    rows say which shapes set it. It is approximate: inside the step a matmul may find its
+    inputs in cache, or fused with its neighbours. On an accelerator a small op's time alone is
+    mostly its launch."""
     device = jax.devices()[0]
 
     def per_call(fn, *args):
@@ -209,12 +212,35 @@ def matmuls_alone_seconds(jaxpr, repeats=5, calls=10):
                repr(sorted(eqn.params.items())))
         groups.setdefault(key, [eqn, 0])[1] += n
     dispatch = per_call(jax.jit(lambda x: x + 1), jax.device_put(jnp.ones((1,)), device))
-    total = 0.0
+    rows = []
     for eqn, n in groups.values():
         args = [jax.device_put(jnp.ones(v.aval.shape, v.aval.dtype), device) for v in eqn.invars]
         op = jax.jit(functools.partial(eqn.primitive.bind, **eqn.params))
-        total += max(per_call(op, *args) - dispatch, 0.0) * n
-    return total
+        seconds = max(per_call(op, *args) - dispatch, 0.0) * n
+        flops = _op_flops(eqn) * n
+        rows.append(dict(op=describe_matmul(eqn), executions=n, ms_per_step=seconds * 1e3,
+                         gflop_per_s=flops / seconds / 1e9 if seconds else None))
+    total = sum(r["ms_per_step"] for r in rows)
+    for row in rows:
+        row["share"] = row["ms_per_step"] / total if total else 0.0
+    return sorted(rows, key=lambda r: -r["ms_per_step"])
+
+
+def describe_matmul(eqn):
+    """A matmul equation in a line: its operands, and for a dot_general the contracted and the
+    batch dimensions of each, lhs; rhs (`f32[64,12,16] . f32[64,12,12] contract (1; 1) batch
+    (0; 0)`), for a convolution its strides and feature groups."""
+    lhs, rhs = (v.aval.str_short(short_dtypes=True) for v in eqn.invars)
+    if eqn.primitive.name == "dot_general":
+        (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+        text = f"{lhs} . {rhs} contract ({_dims(lc)}; {_dims(rc)})"
+        return text + (f" batch ({_dims(lb)}; {_dims(rb)})" if lb else "")
+    return (f"conv {lhs} * {rhs} strides {_dims(eqn.params['window_strides'])} "
+            f"groups {eqn.params['feature_group_count']}")
+
+
+def _dims(dims):
+    return ",".join(map(str, dims))
 
 
 def _is_jaxpr(value):

@@ -113,12 +113,22 @@ def _self_times(events):
     return [(name, max(self_ns, 0.0)) for name, self_ns, _ in out]
 
 
-def table(ops, top=15):
-    """The first `top` rows of `op_times` as aligned text (and the rest summed in one row)."""
+def table(ops, top=15, columns=()):
+    """The first `top` rows of `op_times` (or of any rows with `op`, `ms_per_step` and `share`)
+    as aligned text, the rest summed in one row. `columns` adds (key, header, format) columns,
+    e.g. ("gflop_per_s", "GFLOP/s", ".1f"); a missing value reads "-", and the summed row
+    leaves them blank."""
     shown, rest = ops[:top], ops[top:]
     width = max([len("op")] + [len(o["op"]) for o in shown])
-    lines = [f"{'op':<{width}}  {'ms/step':>9}  {'share':>6}"]
-    lines += [f"{o['op']:<{width}}  {o['ms_per_step']:>9.3f}  {o['share']:>6.1%}" for o in shown]
+
+    def cell(o, key, head, spec):
+        value = o.get(key)
+        return f"  {'-' if value is None else format(value, spec):>{max(len(head), 6)}}"
+
+    lines = [f"{'op':<{width}}  {'ms/step':>9}  {'share':>6}"
+             + "".join(f"  {head:>{max(len(head), 6)}}" for _, head, _ in columns)]
+    lines += [f"{o['op']:<{width}}  {o['ms_per_step']:>9.3f}  {o['share']:>6.1%}"
+              + "".join(cell(o, *column) for column in columns) for o in shown]
     if rest:
         lines.append(f"{f'({len(rest)} other ops)':<{width}}  "
                      f"{sum(o['ms_per_step'] for o in rest):>9.3f}  "

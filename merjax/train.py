@@ -623,7 +623,7 @@ class ModelState:
         run.flatten = jax.tree.leaves
         run.unflatten = functools.partial(jax.tree.unflatten, treedef)
         run.cost = cost
-        run.jaxpr = jaxpr  # what the benchmark times the matmuls of (costs.matmuls_alone_seconds)
+        run.jaxpr = jaxpr  # what the benchmark times the matmuls of (costs.matmuls_alone)
         return run
 
     def train_step(self, treedef):

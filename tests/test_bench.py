@@ -59,6 +59,20 @@ def test_the_ops_of_a_traced_program_add_up_to_no_more_than_its_time(tmp_path):
     assert table.splitlines()[1].startswith(ops[0]["op"]) and "other ops" in table
 
 
+def test_the_table_takes_extra_columns():
+    rows = [dict(op="f32[64,12] . f32[12,16] contract (1; 0)", ms_per_step=2.0, share=0.8,
+                 executions=4, gflop_per_s=2.34),
+            dict(op="conv", ms_per_step=0.4, share=0.16, executions=12, gflop_per_s=None),
+            dict(op="rest", ms_per_step=0.1, share=0.04, executions=1, gflop_per_s=9.0)]
+    lines = profiling.table(rows, top=2, columns=(("executions", "calls", "d"),
+                                                  ("gflop_per_s", "GFLOP/s", ".1f"))).splitlines()
+    assert lines[0].split() == ["op", "ms/step", "share", "calls", "GFLOP/s"]
+    assert lines[1].split()[-4:] == ["2.000", "80.0%", "4", "2.3"]
+    assert lines[2].split() == ["conv", "0.400", "16.0%", "12", "-"]  # unknown rate
+    assert lines[3].split() == ["(1", "other", "ops)", "0.100", "4.0%"]
+    assert len({len(line) for line in lines[:3]}) == 1  # aligned
+
+
 def check_profile(report, stderr, log_dir, top):
     """The benchmark's --profile output (its run is tests/test_cross.py's benchmark test, whose
     compile it shares): the JSON's costliest ops, the trace where TensorBoard's profile plugin
@@ -74,8 +88,10 @@ def check_profile(report, stderr, log_dir, top):
     assert glob.glob(os.path.join(run_dir, "*.xplane.pb"))
     assert os.path.exists(os.path.join(run_dir, "perfetto_trace.json.gz"))  # ui.perfetto.dev
     lines = stderr.splitlines()
-    header = next(i for i, line in enumerate(lines) if line.startswith("op ") and "ms/step" in line)
-    assert lines[header + 1].split()[0] == profile[0]["op"]
+    # The profile's table (the matmuls' one follows it, with the same columns).
+    title = next(i for i, line in enumerate(lines) if line.startswith("per-op time of "))
+    assert lines[title + 1].split()[:2] == ["op", "ms/step"]
+    assert lines[title + 2].split()[0] == profile[0]["op"]
 
 
 def _spinning_child(seconds):

@@ -63,9 +63,31 @@ def test_the_matmuls_of_a_program_with_their_executions_and_their_time_alone():
     assert sorted(n for _, n in ops) == [1, 1, 1, 3]
     assert all(e.primitive.name == "dot_general" for e, _ in ops)
     assert costs.matmul_flops(jaxpr) == 6 * 2 * M * K * K
-    assert costs.matmuls_alone_seconds(jaxpr, repeats=2, calls=2) > 0
+    # The six are one op, [M, K] @ [K, K], timed once and counted six times.
+    (row,) = costs.matmuls_alone(jaxpr, repeats=2, calls=2)
+    assert row["op"] == f"f32[{M},{K}] . f32[{K},{K}] contract (1; 0)"
+    assert row["executions"] == 6 and row["ms_per_step"] > 0 and row["share"] == 1.0
+    assert row["gflop_per_s"] == pytest.approx(6 * 2 * M * K * K / row["ms_per_step"] / 1e6)
     # A program without matmuls spends no time in them.
-    assert costs.matmuls_alone_seconds(jax.make_jaxpr(jnp.tanh)(w)) == 0.0
+    assert costs.matmuls_alone(jax.make_jaxpr(jnp.tanh)(w)) == []
+
+
+def test_matmuls_alone_name_their_dimensions_and_come_costliest_first():
+    def f(q, k, x, kernel):
+        logits = jnp.einsum("bqd,bkd->bqk", q, k)  # a batched dot
+        y = jax.lax.conv_general_dilated(x, kernel, (2,), "SAME")
+        return logits.sum() + y.sum() + (q[0] @ k[0].T).sum()
+
+    q = jnp.ones((8, 128, 64))
+    jaxpr = jax.make_jaxpr(f)(q, q, jnp.ones((4, 16, 512)), jnp.ones((32, 16, 5)))
+    rows = costs.matmuls_alone(jaxpr, repeats=2, calls=2)
+    assert sorted(r["op"] for r in rows) == [
+        "conv f32[4,16,512] * f32[32,16,5] strides 2 groups 1",
+        "f32[128,64] . f32[64,128] contract (1; 0)",
+        "f32[8,128,64] . f32[8,128,64] contract (2; 2) batch (0; 0)"]
+    times = [r["ms_per_step"] for r in rows]
+    assert times == sorted(times, reverse=True) and all(r["executions"] == 1 for r in rows)
+    assert sum(r["share"] for r in rows) == pytest.approx(1.0)
 
 
 class _NoCosts:  # a backend that gives no counts, or XLA's -1 ("unknown", e.g. cuBLAS on GPU)

@@ -211,6 +211,14 @@ def test_benchmark_reports_the_baseline_shapes(tmp_path):
                 "peak_memory_bytes_per_device", "param_bytes", "optimizer_bytes",
                 "peak_flops_per_s", "mfu", "matmuls_alone_ms_per_step", "matmul_ceiling_mfu"):
         assert np.isfinite(report[key]) and report[key] > 0, key
+    # Which matmuls set the ceiling: the costliest --profile_top, on stderr and in the JSON.
+    matmuls = report["matmuls_alone"]
+    assert 1 <= len(matmuls) <= 5 and all(" . " in m["op"] for m in matmuls)
+    times = [m["ms_per_step"] for m in matmuls]
+    assert times == sorted(times, reverse=True)
+    assert sum(times) <= report["matmuls_alone_ms_per_step"] + 0.01  # rounded to 0.01 ms
+    assert "the step's matmuls, each alone at its shapes:" in proc.stderr
+    assert matmuls[0]["op"] in proc.stderr
     assert report["global_batch"] == 32 and report["params"] > 0
     assert report["input_shapes"]["audio"] == [1, 1024]
     assert report["input_shapes"]["text"] == [1, 1024]
