@@ -2,7 +2,8 @@
 replaced: jax.nn.dot_product_attention on the same projections, outputs and gradients (x and the
 four kernels), float32 to rounding and bfloat16 loosely, in one group and in several, with a
 masked batch holding an example whose keys are all masked; and under a (data, model) mesh, where
-the groups must not gather the batch."""
+the groups must not gather the batch. Each through both of its ways: for few tokens (one fused
+q/k/v product, sums over the queries without a dot) and for many (`_FEW_QUERIES` set to 0)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -62,10 +63,17 @@ def values_and_grads(fn, x, mask, params, dtype):
     return y, grads
 
 
+# Every test runs both ways: _FEW_QUERIES as it is (the tests' 13 and 30 tokens are few), and 0.
+WAYS = pytest.mark.parametrize("few_queries", [layers._FEW_QUERIES, 0],
+                               ids=["few_tokens", "many_tokens"])
+
+
+@WAYS
 @pytest.mark.parametrize("group_bytes", [layers._GROUP_BYTES, 3000], ids=["one_group", "groups"])
 @pytest.mark.parametrize("shape", [(3, 13, 8, 2), (4, 30, 24, 3)], ids=str)
-def test_float32_equals_dot_product_attention(shape, group_bytes, monkeypatch):
+def test_float32_equals_dot_product_attention(shape, group_bytes, few_queries, monkeypatch):
     monkeypatch.setattr(layers, "_GROUP_BYTES", group_bytes)
+    monkeypatch.setattr(layers, "_FEW_QUERIES", few_queries)
     batch, length, width, heads = shape
     x, mask, params = inputs(*shape)
     y, (dx, dparams) = values_and_grads(attention, x, mask, params, jnp.float32)
@@ -104,8 +112,10 @@ def test_groups_hold_strided_examples(monkeypatch):
     np.testing.assert_array_equal(layers._ungroup(grouped), t)
 
 
-def test_bfloat16_within_bfloat16_tolerance(monkeypatch):
+@WAYS
+def test_bfloat16_within_bfloat16_tolerance(few_queries, monkeypatch):
     monkeypatch.setattr(layers, "_GROUP_BYTES", 3000)
+    monkeypatch.setattr(layers, "_FEW_QUERIES", few_queries)
     x, mask, params = inputs(4, 30, 24, 3)
     y, (dx, dparams) = values_and_grads(attention, x, mask, params, jnp.bfloat16)
     y_ref, (dx_ref, dparams_ref) = values_and_grads(reference, x, mask, params, jnp.bfloat16)
@@ -123,9 +133,11 @@ def test_bfloat16_within_bfloat16_tolerance(monkeypatch):
                                    atol=0.03 * scale, err_msg=name)
 
 
-def test_sharded_batch_and_heads_match_and_gather_nothing(monkeypatch):
+@WAYS
+def test_sharded_batch_and_heads_match_and_gather_nothing(few_queries, monkeypatch):
     seen = spy_groups(monkeypatch)
     monkeypatch.setattr(layers, "_GROUP_BYTES", 3000)
+    monkeypatch.setattr(layers, "_FEW_QUERIES", few_queries)
     mesh = jax.make_mesh((4, 1, 2), sharding.MESH_AXES,
                          axis_types=(jax.sharding.AxisType.Auto,) * 3)
     x, mask, params = inputs(32, 30, 24, 2)
@@ -154,11 +166,27 @@ def test_sharded_batch_and_heads_match_and_gather_nothing(monkeypatch):
         assert_close(dparams[name], dparams_ref[name], err_msg=name)
 
 
-def test_exports_with_a_symbolic_batch():
+@WAYS
+def test_exports_with_a_symbolic_batch(few_queries, monkeypatch):
     """merjax/export.py exports predict with a symbolic batch: the group count cannot read it."""
+    monkeypatch.setattr(layers, "_FEW_QUERIES", few_queries)
     x, mask, params = inputs(4, 30, 24, 3)
     batch = jax.export.symbolic_shape("b")[0]
     exported = jax.export.export(jax.jit(lambda x, mask: attention(x, mask, params, jnp.float32)))(
         jax.ShapeDtypeStruct((batch, 30, 24), jnp.float32),
         jax.ShapeDtypeStruct((batch, 30), jnp.bool_))
     assert_close(exported.call(x, mask), reference(x, mask, params, jnp.float32))
+
+
+@pytest.mark.parametrize("length", [12, 40])
+def test_a_sum_over_the_queries_is_the_einsum(length):
+    rng = np.random.default_rng(length)
+    a = jnp.asarray(rng.normal(size=(3, 2, length, 4)), jnp.float32)
+    b = jnp.asarray(rng.normal(size=(3, 2, length, length)), jnp.float32)
+    # At most _FEW_QUERIES (32) queries a product summed in float32, beyond it the dot.
+    assert (length <= layers._FEW_QUERIES) == ("dot_general" not in str(
+        jax.make_jaxpr(layers._sum_over_queries)(a, b)))
+    assert_close(layers._sum_over_queries(a, b), jnp.einsum("bhtk,bhts->bhks", a, b))
+    # bfloat16 in, bfloat16 out.
+    assert layers._sum_over_queries(a.astype(jnp.bfloat16), b.astype(jnp.bfloat16)).dtype == \
+        jnp.bfloat16

@@ -183,14 +183,37 @@ class Attention(nnx.Module):
     def __call__(self, x, mask):
         """x: [B, T, D]; mask: [B, T] bool, False tokens are never attended to."""
         x, dtype = x.astype(self.dtype), self.dtype
-        # The 1/sqrt(head_dim) logit scale goes into the (small) query kernel. Keys and values
-        # are made [B, H, K, T]: every product with a [T, T] operand is then one XLA:CPU runs
-        # as a fast (YNNPACK) dot, where the [B, H, T, K] layout's dK = dS^T Q was 2x slower.
-        scale = self.q.shape[-1] ** -0.5
-        q = jnp.einsum("btd,dhk->bhtk", x, (self.q[...] * scale).astype(dtype))
+        # Keys and values are made [B, H, K, T]: every product with a [T, T] operand is then
+        # one XLA:CPU runs as a fast (YNNPACK) dot, where the [B, H, T, K] layout's dK = dS^T Q
+        # was 2x slower. The 1/sqrt(K) logit scale goes into the (small) query kernel.
+        q_kernel = self.q[...] * self.q.shape[-1] ** -0.5
+        if x.shape[1] <= _FEW_QUERIES:
+            return self._few_tokens(x, mask, q_kernel)
+        q = jnp.einsum("btd,dhk->bhtk", x, q_kernel.astype(dtype))
         kt = jnp.einsum("btd,dhk->bhkt", x, self.k[...].astype(dtype))
         vt = jnp.einsum("btd,dhk->bhkt", x, self.v[...].astype(dtype))
         return jnp.einsum("bhtk,hkd->btd", attend(q, kt, vt, mask), self.out[...].astype(dtype))
+
+    def _few_tokens(self, x, mask, q_kernel):
+        """__call__ for at most _FEW_QUERIES tokens: q, k and v from one [B T, D] x [D, 3 H K]
+        product with x on the left, and the output from one [B T, H K] x [H K, D]. Why: the
+        einsums above make the kernel the left operand, and with few tokens their outputs' and
+        gradients' transposes and the three small products cost more than the matmuls. With
+        this and `_sum_over_queries`, train steps on the 2-core CPU (each against the einsums,
+        alternated in one process): MER-PS (12 tokens) 1.18x and 1.22x, MER-Cross on utterance
+        features 1.15x, MER-FG 1.10x, MER-Prefer 0.99x; the raw MER-Cross step (274 tokens)
+        ran 0.96x and 0.98x this way, so it keeps the einsums. The kernels are stacked on a new
+        axis, not concatenated, so they keep their heads' `model` sharding."""
+        dtype = self.dtype
+        width, heads, head_dim = self.q.shape
+        kernel = jnp.stack([q_kernel, self.k[...], self.v[...]], axis=1).astype(dtype)
+        qkv = jax.lax.dot_general(x.reshape(-1, width), kernel, (((1,), (0,)), ((), ())))
+        qkv = qkv.reshape(*x.shape[:2], 3, heads, head_dim)  # [B, T, 3, H, K]
+        q = qkv[:, :, 0].transpose(0, 2, 1, 3)
+        kt, vt = (qkv[:, :, i].transpose(0, 2, 3, 1) for i in (1, 2))
+        out = attend(q, kt, vt, mask).transpose(0, 2, 1, 3).reshape(-1, heads * head_dim)
+        out = out @ self.out[...].reshape(heads * head_dim, width).astype(dtype)
+        return out.reshape(x.shape)
 
 
 # jax.nn.dot_product_attention's logit for a masked key: finite, so a query with no key left
@@ -200,6 +223,9 @@ _MASKED_LOGIT = -0.7 * float(np.finfo(np.float32).max)
 # device (in cache). On the 2-core CPU (B 32, H 4, T 274: 1.2 MB an example) groups of 2 and 4
 # examples ran fwd+bwd fastest (44 and 45 ms), 1 example 47, 8 examples 56, all 32 at once 135.
 _GROUP_BYTES = 3 << 20
+# Up to this many tokens, Attention takes its `_few_tokens` way, and `_sum_over_queries`
+# multiplies and sums instead of calling a dot.
+_FEW_QUERIES = 32
 
 
 def attend(q, kt, vt, mask):
@@ -302,8 +328,8 @@ def _attend_bwd(groups, res, do):
         dp = jnp.einsum("bhtk,bhks->bhts", do, vt, preferred_element_type=f32)
         ds = (p * (dp - rowsum) * live).astype(dtype)
         dq = jnp.einsum("bhts,bhks->bhtk", ds, kt)
-        dkt = jnp.einsum("bhtk,bhts->bhks", q, ds)
-        dvt = jnp.einsum("bhtk,bhts->bhks", do, p.astype(dtype))
+        dkt = _sum_over_queries(q, ds)
+        dvt = _sum_over_queries(do, p.astype(dtype))
         return dq, dkt, dvt
 
     dq, dkt, dvt = _grouped(group, groups, q, kt, vt, mask, do, rowsum, peak, log_total)
@@ -311,6 +337,21 @@ def _attend_bwd(groups, res, do):
 
 
 _attend.defvjp(_attend_fwd, _attend_bwd)
+
+
+def _sum_over_queries(a, b):
+    """einsum("bhtk,bhts->bhks", a, b), the backward's dK and dV: a sum over the queries t, as
+    a dot, or with at most _FEW_QUERIES queries as a product summed in float32 (one loop
+    fusion). Why: XLA:CPU runs this dot, which contracts both operands on a major axis, far
+    below its other small dots: at MER-PS's shapes (B 64, H 4, T 12, K 16) 2-3 GFLOP/s against
+    14-23 for its other [T, T] products, 17-23% of the step's matmul time for 1.3% of its FLOPs
+    (`python -m merjax.bench`'s `matmuls_alone`). On the 2-core CPU at B 64, H 4, K 16 the
+    product ran 2-7x faster than the dot for T 4 to 32, and 2x slower for T 48 and 64."""
+    if a.shape[2] > _FEW_QUERIES:
+        return jnp.einsum("bhtk,bhts->bhks", a, b)
+    f32 = jnp.float32
+    product = a.astype(f32)[..., :, :, None] * b.astype(f32)[..., :, None, :]  # [B, H, T, K, S]
+    return jnp.sum(product, axis=2).astype(a.dtype)
 
 
 class TransformerBlock(nnx.Module):
