@@ -183,7 +183,8 @@ def test_a_sum_over_the_queries_is_the_einsum(length):
     rng = np.random.default_rng(length)
     a = jnp.asarray(rng.normal(size=(3, 2, length, 4)), jnp.float32)
     b = jnp.asarray(rng.normal(size=(3, 2, length, length)), jnp.float32)
-    # At most _FEW_QUERIES (32) queries a product summed in float32, beyond it the dot.
+    # At most _FEW_QUERIES (32) queries a product summed in float32 (on CPU, as here), beyond
+    # it the dot.
     assert (length <= layers._FEW_QUERIES) == ("dot_general" not in str(
         jax.make_jaxpr(layers._sum_over_queries)(a, b)))
     assert_close(layers._sum_over_queries(a, b), jnp.einsum("bhtk,bhts->bhks", a, b))

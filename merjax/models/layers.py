@@ -223,8 +223,8 @@ _MASKED_LOGIT = -0.7 * float(np.finfo(np.float32).max)
 # device (in cache). On the 2-core CPU (B 32, H 4, T 274: 1.2 MB an example) groups of 2 and 4
 # examples ran fwd+bwd fastest (44 and 45 ms), 1 example 47, 8 examples 56, all 32 at once 135.
 _GROUP_BYTES = 3 << 20
-# Up to this many tokens, Attention takes its `_few_tokens` way, and `_sum_over_queries`
-# multiplies and sums instead of calling a dot.
+# Up to this many tokens, Attention takes its `_few_tokens` way, and on CPU
+# `_sum_over_queries` multiplies and sums instead of calling a dot.
 _FEW_QUERIES = 32
 
 
@@ -346,8 +346,9 @@ def _sum_over_queries(a, b):
     below its other small dots: at MER-PS's shapes (B 64, H 4, T 12, K 16) 2-3 GFLOP/s against
     14-23 for its other [T, T] products, 17-23% of the step's matmul time for 1.3% of its FLOPs
     (`python -m merjax.bench`'s `matmuls_alone`). On the 2-core CPU at B 64, H 4, K 16 the
-    product ran 2-7x faster than the dot for T 4 to 32, and 2x slower for T 48 and 64."""
-    if a.shape[2] > _FEW_QUERIES:
+    product ran 2-7x faster than the dot for T 4 to 32, and 2x slower for T 48 and 64. Off CPU
+    the dot stays: an accelerator's batched matmuls have not been measured against it."""
+    if a.shape[2] > _FEW_QUERIES or jax.default_backend() != "cpu":
         return jnp.einsum("bhtk,bhts->bhks", a, b)
     f32 = jnp.float32
     product = a.astype(f32)[..., :, :, None] * b.astype(f32)[..., :, None, :]  # [B, H, T, K, S]
