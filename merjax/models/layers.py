@@ -195,25 +195,26 @@ class Attention(nnx.Module):
         return jnp.einsum("bhtk,hkd->btd", attend(q, kt, vt, mask), self.out[...].astype(dtype))
 
     def _few_tokens(self, x, mask, q_kernel):
-        """__call__ for at most _FEW_QUERIES tokens: q, k and v from one [B T, D] x [D, 3 H K]
-        product with x on the left, and the output from one [B T, H K] x [H K, D]. Why: the
+        """__call__ for at most _FEW_QUERIES tokens: q, k and v from one [B, T, D] x [D, 3, H, K]
+        product with x on the left, and the output from one [B, T, H, K] x [H, K, D]. Why: the
         einsums above make the kernel the left operand, and with few tokens their outputs' and
         gradients' transposes and the three small products cost more than the matmuls. With
         this and `_sum_over_queries`, train steps on the 2-core CPU (each against the einsums,
-        alternated in one process): MER-PS (12 tokens) 1.18x and 1.22x, MER-Cross on utterance
-        features 1.15x, MER-FG 1.10x, MER-Prefer 0.99x; the raw MER-Cross step (274 tokens)
-        ran 0.96x and 0.98x this way, so it keeps the einsums. The kernels are stacked on a new
-        axis, not concatenated, so they keep their heads' `model` sharding."""
-        dtype = self.dtype
-        width, heads, head_dim = self.q.shape
-        kernel = jnp.stack([q_kernel, self.k[...], self.v[...]], axis=1).astype(dtype)
-        qkv = jax.lax.dot_general(x.reshape(-1, width), kernel, (((1,), (0,)), ((), ())))
-        qkv = qkv.reshape(*x.shape[:2], 3, heads, head_dim)  # [B, T, 3, H, K]
+        alternated in one process): MER-PS (12 tokens) 1.17-1.22x, MER-Cross on utterance
+        features 1.15-1.19x, MER-FG 1.10-1.11x, MER-Prefer 0.99x; the raw MER-Cross step (274
+        tokens) ran 0.96x and 0.98x this way, so it keeps the einsums. The kernels are stacked on
+        a new axis, not concatenated, so they keep their heads' `model` sharding; and x is not
+        reshaped to [B T, D]: that way training on batches gathered on the devices differed from
+        host batches in the 8th digit (8 CPU devices, tests/test_train.py asks for the same
+        bits)."""
+        kernel = jnp.stack([q_kernel, self.k[...], self.v[...]], axis=1).astype(self.dtype)
+        # [B, T, D] x [D, 3, H, K] -> [B, T, 3, H, K]
+        qkv = jax.lax.dot_general(x, kernel, (((2,), (0,)), ((), ())))
         q = qkv[:, :, 0].transpose(0, 2, 1, 3)
         kt, vt = (qkv[:, :, i].transpose(0, 2, 3, 1) for i in (1, 2))
-        out = attend(q, kt, vt, mask).transpose(0, 2, 1, 3).reshape(-1, heads * head_dim)
-        out = out @ self.out[...].reshape(heads * head_dim, width).astype(dtype)
-        return out.reshape(x.shape)
+        out = attend(q, kt, vt, mask).transpose(0, 2, 1, 3)  # [B, T, H, K]
+        return jax.lax.dot_general(out, self.out[...].astype(self.dtype),
+                                   (((2, 3), (0, 1)), ((), ())))
 
 
 # jax.nn.dot_product_attention's logit for a masked key: finite, so a query with no key left
@@ -341,18 +342,21 @@ _attend.defvjp(_attend_fwd, _attend_bwd)
 
 def _sum_over_queries(a, b):
     """einsum("bhtk,bhts->bhks", a, b), the backward's dK and dV: a sum over the queries t, as
-    a dot, or with at most _FEW_QUERIES queries as a product summed in float32 (one loop
-    fusion). Why: XLA:CPU runs this dot, which contracts both operands on a major axis, far
-    below its other small dots: at MER-PS's shapes (B 64, H 4, T 12, K 16) 2-3 GFLOP/s against
-    14-23 for its other [T, T] products, 17-23% of the step's matmul time for 1.3% of its FLOPs
-    (`python -m merjax.bench`'s `matmuls_alone`). On the 2-core CPU at B 64, H 4, K 16 the
-    product ran 2-7x faster than the dot for T 4 to 32, and 2x slower for T 48 and 64. Off CPU
-    the dot stays: an accelerator's batched matmuls have not been measured against it."""
+    a dot, or on CPU with at most _FEW_QUERIES queries as float32 products added one query
+    after another (one loop fusion). Why: XLA:CPU runs this dot, which contracts both operands
+    on a major axis, far below its other small dots: at MER-PS's shapes (B 64, H 4, T 12, K 16)
+    2-3 GFLOP/s against 14-23 for its other [T, T] products, 17-23% of the step's matmul time
+    for 1.3% of its FLOPs (`python -m merjax.bench`'s `matmuls_alone`). On the 2-core CPU at
+    B 64, H 4, K 16 the sums ran 44x, 3.9x and 1.9x faster than the dot for T 4, 12 and 32
+    (and 2x and 13x faster than a multiply-and-reduce at 12 and 4). Off CPU the dot stays: an
+    accelerator's batched matmuls have not been measured against the sums."""
     if a.shape[2] > _FEW_QUERIES or jax.default_backend() != "cpu":
         return jnp.einsum("bhtk,bhts->bhks", a, b)
-    f32 = jnp.float32
-    product = a.astype(f32)[..., :, :, None] * b.astype(f32)[..., :, None, :]  # [B, H, T, K, S]
-    return jnp.sum(product, axis=2).astype(a.dtype)
+    dtype, a, b = a.dtype, a.astype(jnp.float32), b.astype(jnp.float32)
+    out = a[:, :, 0, :, None] * b[:, :, 0, None, :]
+    for t in range(1, a.shape[2]):
+        out = out + a[:, :, t, :, None] * b[:, :, t, None, :]
+    return out.astype(dtype)
 
 
 class TransformerBlock(nnx.Module):
