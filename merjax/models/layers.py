@@ -200,9 +200,9 @@ class Attention(nnx.Module):
         einsums above make the kernel the left operand, and with few tokens their outputs' and
         gradients' transposes and the three small products cost more than the matmuls. With
         this and `_sum_over_queries`, train steps on the 2-core CPU (each against the einsums,
-        alternated in one process): MER-PS (12 tokens) 1.17-1.22x, MER-Cross on utterance
-        features 1.15-1.19x, MER-FG 1.10-1.11x, MER-Prefer 0.99x; the raw MER-Cross step (274
-        tokens) ran 0.96x and 0.98x this way, so it keeps the einsums. The kernels are stacked on
+        alternated in one process): MER-PS (12 tokens) 1.17x, MER-Cross on utterance features
+        1.19x, MER-FG 1.11x (a first version: 1.18-1.22x, 1.15x, 1.10x, MER-Prefer 0.99x); the
+        raw MER-Cross step (274 tokens) ran 0.96x and 0.98x that way, so it keeps the einsums. The kernels are stacked on
         a new axis, not concatenated, so they keep their heads' `model` sharding; and x is not
         reshaped to [B T, D]: that way training on batches gathered on the devices differed from
         host batches in the 8th digit (8 CPU devices, tests/test_train.py asks for the same
