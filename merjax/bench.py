@@ -193,16 +193,16 @@ def main(argv):
             logging.warning("matmuls alone not measured (%s): matmul_ceiling_mfu is null; "
                             "--nomatmuls_alone skips this", str(error).splitlines()[0])
             matmuls = None
-        alone_s = None if matmuls is None else sum(m["ms_per_step"] for m in matmuls) / 1e3
+        alone_ms = None if matmuls is None else sum(m["ms_per_step"] for m in matmuls)
         if matmuls:
             columns = (("executions", "calls", "d"), ("gflop_per_s", "GFLOP/s", ".1f"))
             print(f"the step's matmuls, each alone at its shapes:\n"
                   f"{profiling.table(matmuls, columns=columns)}", file=sys.stderr, flush=True)
         one_device_peak, _ = costs.peak_flops(dtype, 1)
         ceiling = dict(
-            matmuls_alone_ms_per_step=None if alone_s is None else round(alone_s * 1e3, 2),
+            matmuls_alone_ms_per_step=None if alone_ms is None else round(alone_ms, 2),
             matmul_ceiling_mfu=costs.mfu(cost["matmul_flops_per_step"],
-                                         1 / alone_s if alone_s else None, one_device_peak),
+                                         1e3 / alone_ms if alone_ms else None, one_device_peak),
             matmuls_alone=None if matmuls is None else matmuls[:_PROFILE_TOP.value])
     pipeline_rate = _PIPELINE_BATCHES.value * config.batch_size / pipeline_s
     report = dict(

@@ -202,11 +202,11 @@ class Attention(nnx.Module):
         this and `_sum_over_queries`, train steps on the 2-core CPU (each against the einsums,
         alternated in one process): MER-PS (12 tokens) 1.17x, MER-Cross on utterance features
         1.19x, MER-FG 1.11x (a first version: 1.18-1.22x, 1.15x, 1.10x, MER-Prefer 0.99x); the
-        raw MER-Cross step (274 tokens) ran 0.96x and 0.98x that way, so it keeps the einsums. The kernels are stacked on
-        a new axis, not concatenated, so they keep their heads' `model` sharding; and x is not
-        reshaped to [B T, D]: that way training on batches gathered on the devices differed from
-        host batches in the 8th digit (8 CPU devices, tests/test_train.py asks for the same
-        bits)."""
+        raw MER-Cross step (274 tokens) ran 0.96x and 0.98x that way, so it keeps the einsums.
+        The kernels are stacked on a new axis, not concatenated, so they keep their heads'
+        `model` sharding; and x is not reshaped to [B T, D]: that way training on batches
+        gathered on the devices differed from host batches in the 8th digit (8 CPU devices,
+        tests/test_train.py asks for the same bits)."""
         kernel = jnp.stack([q_kernel, self.k[...], self.v[...]], axis=1).astype(self.dtype)
         # [B, T, D] x [D, 3, H, K] -> [B, T, 3, H, K]
         qkv = jax.lax.dot_general(x, kernel, (((2,), (0,)), ((), ())))
