@@ -329,7 +329,7 @@ def test_one_gather_makes_the_batches_that_fit_its_bytes(monkeypatch):
         return _fields(next(it) for _ in range(6)), calls
 
     whole, whole_calls = gathered(1 << 20)
-    assert whole_calls == [(16, 8)]
+    assert whole_calls == [(config.pipeline.device_gather_batches, 8)]  # one gather for all 6
     capped, capped_calls = gathered(int(2.5 * batch_bytes))
     assert capped_calls == [(2, 8)] * 3
     _assert_same_batches(capped, whole)
